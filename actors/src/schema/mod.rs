@@ -1,0 +1,8 @@
+//! Table schemas: definitions, the registry of versions per table, and the translation of JSON
+//! batches into typed rows and of rows into Arrow record batches.
+
+pub mod arrow;
+pub mod translate;
+pub mod types;
+
+pub use types::{Evolution, Field, FieldType, PartitionBy, TableSchema, TimeUnit};
