@@ -129,6 +129,7 @@ impl fmt::Display for TableRef {
 pub type Seq = u64;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

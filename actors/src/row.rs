@@ -133,6 +133,25 @@ pub fn encode_rows(rows: &[Row], out: &mut Vec<u8>) {
     }
 }
 
+/// Length in bytes of [`encode_rows`]' output for `rows`, without encoding them.
+pub fn encoded_len(rows: &[Row]) -> usize {
+    4 + rows
+        .iter()
+        .map(|r| 5 + r.values.iter().map(value_len).sum::<usize>())
+        .sum::<usize>()
+}
+
+fn value_len(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) => 1,
+        Value::Int(_) | Value::UInt(_) | Value::Float(_) | Value::Timestamp(_) => 9,
+        Value::Date(_) => 5,
+        Value::Str(s) => 5 + s.len(),
+        Value::Bytes(b) => 5 + b.len(),
+        Value::List(items) => 5 + items.iter().map(value_len).sum::<usize>(),
+    }
+}
+
 fn encode_value(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Null => out.push(T_NULL),
@@ -278,6 +297,7 @@ fn decode_value(c: &mut Cursor<'_>, depth: usize) -> Result<Value, CodecError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -313,6 +333,7 @@ mod tests {
         fn roundtrips(rows in proptest::collection::vec(row(), 0..8)) {
             let mut buf = Vec::new();
             encode_rows(&rows, &mut buf);
+            prop_assert_eq!(encoded_len(&rows), buf.len());
             prop_assert_eq!(decode_rows(&buf).unwrap(), rows);
         }
 

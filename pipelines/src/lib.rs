@@ -1,1 +1,18 @@
+//! The stages of alluvium and how they are wired.
+//!
+//! - [`ingest`]: the core behind every source (HTTP today, NATS later): authenticate, check the
+//!   table's schema, push back when memory is full, hand the batch to the log, acknowledge.
+//! - [`processing`]: assembles log -> memtable -> flush -> catalog for a standalone node,
+//!   recovering state from disk first.
+//! - [`query`]: reads a table as of one snapshot: committed files plus unflushed memtable rows.
+//!
+//! Sources and servers (`alluvium` binary) call into a [`Node`]; they never talk to actors
+//! directly.
 
+pub mod error;
+pub mod ingest;
+pub mod processing;
+pub mod query;
+
+pub use error::PipelineError;
+pub use processing::{Node, NodeConfig};

@@ -1,1 +1,44 @@
-//! (being written)
+//! The catalog: tables, schema versions, data files and log positions, kept as a transaction
+//! log on the object store (see [`log`]) and served as immutable snapshots ([`state`]).
+//!
+//! Every change (table created, files flushed) is one commit; a reader pins one
+//! `Arc<CatalogState>` and sees that version whole. The [`actor::CatalogActor`] serializes
+//! commits of this process; the conditional put of each version fences other writers.
+
+pub mod actor;
+pub mod log;
+pub mod messages;
+pub mod state;
+
+pub use actor::CatalogActor;
+pub use state::{Action, CatalogState, DataFile, TableEntry};
+
+use crate::storage::StorageError;
+
+/// Errors of the catalog.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The object store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A stored commit cannot be read or applied.
+    #[error("catalog commit {path} is corrupt: {reason}; the catalog refuses to load rather than guess (restore the file from a backup)")]
+    Corrupt {
+        /// The commit file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The table already exists.
+    #[error("table {0} already exists")]
+    TableExists(String),
+    /// The table does not exist.
+    #[error("table {0} does not exist")]
+    TableNotFound(String),
+    /// A commit conflicts with the current state.
+    #[error("catalog conflict: {0}")]
+    Conflict(String),
+    /// A commit could not be serialized.
+    #[error("cannot encode a catalog commit: {0}")]
+    Encode(String),
+}

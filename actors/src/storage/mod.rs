@@ -1,1 +1,187 @@
-//! (being written)
+//! The object store shared by flush, catalog and queries, and Parquet encoding.
+//!
+//! Local storage is `object_store`'s `LocalFileSystem` with fsync enabled, so a `put` that
+//! returns has its file and its directory entries on disk; object stores such as S3 are durable
+//! when the `PUT` returns. Callers rely on that: files are written first and committed to the
+//! catalog second.
+
+pub mod parquet;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The object store failed.
+    #[error("object store error at {path}: {source}")]
+    ObjectStore {
+        /// Object path concerned.
+        path: String,
+        /// Underlying error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// The local root could not be prepared.
+    #[error("cannot prepare storage root {path}: {source}")]
+    Root {
+        /// Root directory.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Parquet encoding or decoding failed.
+    #[error("parquet error in {path}: {source}")]
+    Parquet {
+        /// Object path concerned (or `<memory>`).
+        path: String,
+        /// Underlying error.
+        #[source]
+        source: ::parquet::errors::ParquetError,
+    },
+}
+
+/// Whether a create-only put won.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The object did not exist and now holds our bytes.
+    Created,
+    /// Another writer created the object first; nothing was written.
+    AlreadyExists,
+}
+
+/// A handle to the lake's object store. Cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    description: String,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("store", &self.description)
+            .finish()
+    }
+}
+
+impl Storage {
+    /// Opens a local object store rooted at `root` (created if missing), fsyncing every write.
+    pub fn local(root: &Path) -> Result<Self, StorageError> {
+        let root_err = |source| StorageError::Root {
+            path: root.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(root).map_err(root_err)?;
+        let root = root.canonicalize().map_err(root_err)?;
+        let store = LocalFileSystem::new_with_prefix(&root)
+            .map_err(|source| StorageError::ObjectStore {
+                path: root.display().to_string(),
+                source,
+            })?
+            .with_fsync(true);
+        Ok(Self {
+            store: Arc::new(store),
+            description: format!("file://{}", root.display()),
+        })
+    }
+
+    /// Wraps any object store (S3, memory).
+    pub fn from_store(store: Arc<dyn ObjectStore>, description: impl Into<String>) -> Self {
+        Self {
+            store,
+            description: description.into(),
+        }
+    }
+
+    /// Where the store lives, for logs and `/readyz`.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    fn err(path: &ObjectPath) -> impl FnOnce(object_store::Error) -> StorageError + '_ {
+        move |source| StorageError::ObjectStore {
+            path: path.to_string(),
+            source,
+        }
+    }
+
+    /// Writes `bytes` at `path`, replacing any object there; durable when it returns.
+    pub async fn put(&self, path: &ObjectPath, bytes: Bytes) -> Result<(), StorageError> {
+        self.store
+            .put(path, PutPayload::from(bytes))
+            .await
+            .map_err(Self::err(path))?;
+        Ok(())
+    }
+
+    /// Writes `bytes` at `path` only if nothing is there yet (a conditional put), so that of
+    /// concurrent writers exactly one wins.
+    pub async fn put_new(&self, path: &ObjectPath, bytes: Bytes) -> Result<PutOutcome, StorageError> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self.store.put_opts(path, PutPayload::from(bytes), opts).await {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::AlreadyExists),
+            Err(source) => Err(Self::err(path)(source)),
+        }
+    }
+
+    /// Reads a whole object.
+    pub async fn get(&self, path: &ObjectPath) -> Result<Bytes, StorageError> {
+        let res = self.store.get(path).await.map_err(Self::err(path))?;
+        res.bytes().await.map_err(Self::err(path))
+    }
+
+    /// Lists every object under `prefix`, in no particular order.
+    pub async fn list(&self, prefix: &ObjectPath) -> Result<Vec<ObjectMeta>, StorageError> {
+        self.store
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(Self::err(prefix))
+    }
+
+    /// Deletes an object; deleting a missing object is not an error.
+    pub async fn delete(&self, path: &ObjectPath) -> Result<(), StorageError> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(Self::err(path)(source)),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_new_is_create_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::local(dir.path()).unwrap();
+        let p = ObjectPath::from("catalog/log/00000000000000000001.json");
+        assert_eq!(
+            s.put_new(&p, Bytes::from_static(b"a")).await.unwrap(),
+            PutOutcome::Created
+        );
+        assert_eq!(
+            s.put_new(&p, Bytes::from_static(b"b")).await.unwrap(),
+            PutOutcome::AlreadyExists
+        );
+        assert_eq!(s.get(&p).await.unwrap(), Bytes::from_static(b"a"));
+        assert_eq!(s.list(&ObjectPath::from("catalog")).await.unwrap().len(), 1);
+        s.delete(&p).await.unwrap();
+        s.delete(&p).await.unwrap();
+        assert!(s.list(&ObjectPath::from("catalog")).await.unwrap().is_empty());
+    }
+}

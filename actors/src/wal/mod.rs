@@ -26,6 +26,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod actor;
+pub mod messages;
 mod reader;
 mod record;
 mod segment;

@@ -1,0 +1,22 @@
+//! Messages of the catalog actor.
+
+use std::sync::Arc;
+
+use actix::Message;
+
+use super::{Action, CatalogError, CatalogState};
+
+/// Commits `actions` as one new catalog version and replies with the new snapshot.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Arc<CatalogState>, CatalogError>")]
+pub struct Commit {
+    /// What caused the commit (`create_table`, `flush`), recorded in the log.
+    pub operation: &'static str,
+    /// The changes, applied all or nothing.
+    pub actions: Vec<Action>,
+}
+
+/// Replies with the current snapshot.
+#[derive(Debug, Message)]
+#[rtype(result = "Arc<CatalogState>")]
+pub struct Snapshot;

@@ -1,0 +1,104 @@
+//! Actor shell of the flush: encodes off the arbiter, writes, commits.
+
+use std::sync::Arc;
+
+use actix::{Actor, Addr, AtomicResponse, Context, Handler, Supervised, WrapFuture};
+use object_store::path::Path as ObjectPath;
+
+use super::messages::Flush;
+use super::{FlushError, build_files};
+use crate::catalog::messages::Commit;
+use crate::catalog::{Action, CatalogActor, CatalogState};
+use crate::storage::Storage;
+
+/// Flushes arrive one per frozen memtable, at most one in flight per table: a small mailbox
+/// is plenty, and a full one means flushing fell behind.
+const MAILBOX_CAPACITY: usize = 64;
+
+/// Turns frozen memtables into committed files, one flush at a time so Parquet encoding never
+/// takes more than one core from ingest.
+#[derive(Debug)]
+pub struct FlushActor {
+    storage: Storage,
+    catalog: Addr<CatalogActor>,
+}
+
+impl FlushActor {
+    /// A flusher writing to `storage` and committing to `catalog`.
+    pub fn new(storage: Storage, catalog: Addr<CatalogActor>) -> Self {
+        Self { storage, catalog }
+    }
+}
+
+impl Actor for FlushActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+    }
+}
+
+impl Supervised for FlushActor {}
+
+impl Handler<Flush> for FlushActor {
+    type Result = AtomicResponse<Self, Result<Arc<CatalogState>, FlushError>>;
+
+    fn handle(&mut self, msg: Flush, _ctx: &mut Self::Context) -> Self::Result {
+        let storage = self.storage.clone();
+        let catalog = self.catalog.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                let started = std::time::Instant::now();
+                let table = msg.table.clone();
+                let memtable = msg.memtable.clone();
+                let Some((_, max_seq)) = memtable.seq_range() else {
+                    return Err(FlushError::Encode("empty memtable".into()));
+                };
+                let t = table.clone();
+                let files = tokio::task::spawn_blocking(move || build_files(&t, &memtable))
+                    .await
+                    .map_err(|e| FlushError::Encode(e.to_string()))??;
+                for (file, bytes) in &files {
+                    storage
+                        .put(&ObjectPath::from(file.path.as_str()), bytes.clone())
+                        .await
+                        .map_err(|e| FlushError::Storage(e.to_string()))?;
+                }
+                let rows: u64 = files.iter().map(|(f, _)| f.rows).sum();
+                let bytes: u64 = files.iter().map(|(f, _)| f.size_bytes).sum();
+                let mut actions: Vec<Action> = files
+                    .into_iter()
+                    .map(|(file, _)| Action::AddFile {
+                        table: table.clone(),
+                        file,
+                    })
+                    .collect();
+                let n_files = actions.len();
+                actions.push(Action::CommittedSeq {
+                    table: table.clone(),
+                    seq: max_seq,
+                });
+                let state = catalog
+                    .send(Commit {
+                        operation: "flush",
+                        actions,
+                    })
+                    .await
+                    .map_err(|e| FlushError::Mailbox(e.to_string()))?
+                    .map_err(|e| FlushError::Catalog(e.to_string()))?;
+                tracing::info!(
+                    table = %table,
+                    version = state.version,
+                    files = n_files,
+                    rows,
+                    bytes,
+                    committed_seq = max_seq,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "flush committed"
+                );
+                Ok(state)
+            }
+            .into_actor(self),
+        ))
+    }
+}

@@ -1,0 +1,257 @@
+//! Actor shell of the WAL: sequence assignment, group commit, hand-off to the memtable and
+//! checkpoints driven by the catalog.
+//!
+//! Appends that arrive while a group is being written and synced wait in `pending` and form
+//! the next group, so under load many requests share one `fdatasync`, and an idle log syncs
+//! each request at once. The blocking write runs on tokio's blocking pool, never on the
+//! arbiter. After a group is durable its rows go to the memtable in sequence order, and only
+//! then are the requests answered: an acknowledged event is on disk and visible to reads.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{
+    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Recipient, ResponseFuture,
+    Supervised, WrapFuture,
+};
+use tokio::sync::oneshot;
+
+use super::messages::{Append, Durable};
+use super::{Wal, WalError, WalRecord};
+use crate::catalog::CatalogActor;
+use crate::catalog::messages::Snapshot;
+use crate::ids::{Seq, TableRef};
+use crate::memtable::messages::Insert;
+use crate::schema::TableSchema;
+
+/// Every ingest request waits here for its group commit; the capacity bounds how many
+/// requests can queue for the disk before senders wait for room.
+const MAILBOX_CAPACITY: usize = 4096;
+
+/// How often sealed segments are checked against the catalog's committed positions.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a request needs back once its record is durable.
+struct Waiter {
+    schema: Arc<TableSchema>,
+    reply: oneshot::Sender<Result<Durable, WalError>>,
+}
+
+/// Owns the WAL and the per-table sequence counters.
+pub struct WalActor {
+    wal: Option<Wal>,
+    poisoned: Option<WalError>,
+    next_seq: HashMap<TableRef, Seq>,
+    pending: Vec<WalRecord>,
+    waiters: Vec<Waiter>,
+    memtable: Recipient<Insert>,
+    catalog: Addr<CatalogActor>,
+}
+
+impl std::fmt::Debug for WalActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalActor")
+            .field("busy", &self.wal.is_none())
+            .field("pending", &self.pending.len())
+            .field("poisoned", &self.poisoned.is_some())
+            .finish()
+    }
+}
+
+impl WalActor {
+    /// Takes over a recovered log; `next_seq` holds each table's next sequence (one past the
+    /// highest seen in the catalog or the log).
+    pub fn new(
+        wal: Wal,
+        next_seq: HashMap<TableRef, Seq>,
+        memtable: Recipient<Insert>,
+        catalog: Addr<CatalogActor>,
+    ) -> Self {
+        Self {
+            wal: Some(wal),
+            poisoned: None,
+            next_seq,
+            pending: Vec::new(),
+            waiters: Vec::new(),
+            memtable,
+            catalog,
+        }
+    }
+
+    /// Writes everything pending as one group, unless a write or checkpoint is in progress
+    /// (then the group starts when it ends).
+    fn start_commit(&mut self, ctx: &mut Context<Self>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let Some(mut wal) = self.wal.take() else {
+            return;
+        };
+        let records = std::mem::take(&mut self.pending);
+        let waiters = std::mem::take(&mut self.waiters);
+        let write = tokio::task::spawn_blocking(move || {
+            let res = wal.append(&records);
+            (wal, records, res)
+        });
+        ctx.spawn(write.into_actor(self).then(move |joined, act, _ctx| {
+            let (wal, records, res) = match joined {
+                Ok(done) => done,
+                Err(e) => {
+                    // The writer thread panicked: the log's state is unknown, refuse writes.
+                    let err = WalError::Poisoned {
+                        cause: format!("wal writer panicked: {e}"),
+                    };
+                    act.poisoned = Some(err.clone());
+                    for w in waiters {
+                        let _ = w.reply.send(Err(err.clone()));
+                    }
+                    return actix::fut::ready(()).boxed_local();
+                }
+            };
+            let poisoned = wal.is_poisoned();
+            if let Err(e) = res {
+                act.wal = Some(wal);
+                if poisoned {
+                    tracing::error!(error = %e, requests = waiters.len(), "wal write failed, refusing writes until restart");
+                    act.poisoned = Some(e.clone());
+                } else {
+                    // Refused before anything was written (a record over the size limit).
+                    tracing::warn!(error = %e, requests = waiters.len(), "wal refused a commit group");
+                }
+                for w in waiters {
+                    let _ = w.reply.send(Err(e.clone()));
+                }
+                return actix::fut::ready(()).boxed_local();
+            }
+            let memtable = act.memtable.clone();
+            async move {
+                let mut lost = None;
+                for (record, w) in records.into_iter().zip(waiters) {
+                    let durable = Durable {
+                        first_seq: record.first_seq,
+                        last_seq: record.last_seq(),
+                    };
+                    let insert = Insert {
+                        table: record.table,
+                        schema: w.schema,
+                        schema_version: record.schema_version,
+                        first_seq: record.first_seq,
+                        ingested_at_us: record.ingested_at_us,
+                        rows: record.rows,
+                    };
+                    if let Err(e) = memtable.send(insert).await {
+                        lost = Some(e.to_string());
+                    }
+                    // Durable either way: the WAL holds it and a restart replays it.
+                    let _ = w.reply.send(Ok(durable));
+                }
+                lost
+            }
+            .into_actor(act)
+            .map(move |lost, act, _| {
+                // The log is handed back only now, so the next group's rows cannot reach the
+                // memtable before this group's: memtables receive sequences in order.
+                act.wal = Some(wal);
+                if let Some(e) = lost {
+                    tracing::error!(error = %e, "memtable unreachable after a durable write, refusing writes until restart");
+                    act.poisoned = Some(WalError::Poisoned {
+                        cause: format!("memtable unreachable: {e}"),
+                    });
+                }
+            })
+            .boxed_local()
+        }).map(|(), act, ctx| act.start_commit(ctx)));
+    }
+
+    fn checkpoint(&mut self, ctx: &mut Context<Self>) {
+        if self.poisoned.is_some() || self.wal.is_none() {
+            return;
+        }
+        let snapshot = self.catalog.send(Snapshot);
+        ctx.spawn(snapshot.into_actor(self).then(|state, act, _ctx| {
+            let (Ok(state), Some(mut wal)) = (state, act.wal.take()) else {
+                return actix::fut::ready(()).boxed_local();
+            };
+            let committed = state.committed_seqs();
+            tokio::task::spawn_blocking(move || {
+                let res = wal.checkpoint(&committed);
+                (wal, res)
+            })
+            .into_actor(act)
+            .map(|joined, act, _| match joined {
+                Ok((wal, res)) => {
+                    act.wal = Some(wal);
+                    match res {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(segments = n, "wal segments deleted after flush"),
+                        Err(e) => tracing::warn!(error = %e, "wal checkpoint failed"),
+                    }
+                }
+                Err(e) => {
+                    act.poisoned = Some(WalError::Poisoned {
+                        cause: format!("wal checkpoint panicked: {e}"),
+                    });
+                }
+            })
+            .boxed_local()
+        }).map(|(), act, ctx| act.start_commit(ctx)));
+    }
+}
+
+impl Actor for WalActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        ctx.run_interval(CHECKPOINT_INTERVAL, |act, ctx| act.checkpoint(ctx));
+    }
+}
+
+impl Supervised for WalActor {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        // Requests of the stopped context lost their replies; fail them rather than leave them
+        // hanging. The log itself and the sequence counters stay valid.
+        self.pending.clear();
+        for w in self.waiters.drain(..) {
+            let _ = w.reply.send(Err(WalError::Poisoned {
+                cause: "wal actor restarted".into(),
+            }));
+        }
+    }
+}
+
+impl Handler<Append> for WalActor {
+    type Result = ResponseFuture<Result<Durable, WalError>>;
+
+    fn handle(&mut self, msg: Append, ctx: &mut Self::Context) -> Self::Result {
+        if let Some(e) = &self.poisoned {
+            let e = e.clone();
+            return Box::pin(async move { Err(e) });
+        }
+        let n = msg.rows.len() as u64;
+        let next = self.next_seq.entry(msg.table.clone()).or_insert(1);
+        let first_seq = *next;
+        *next += n;
+        let (reply, rx) = oneshot::channel();
+        self.pending.push(WalRecord {
+            table: msg.table,
+            schema_version: msg.schema_version,
+            first_seq,
+            ingested_at_us: chrono::Utc::now().timestamp_micros(),
+            rows: msg.rows,
+        });
+        self.waiters.push(Waiter {
+            schema: msg.schema,
+            reply,
+        });
+        self.start_commit(ctx);
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(WalError::Poisoned {
+                    cause: "wal actor stopped before the write completed".into(),
+                })
+            })
+        })
+    }
+}

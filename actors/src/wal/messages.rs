@@ -1,0 +1,44 @@
+//! Messages of the WAL actor.
+
+use std::fmt;
+use std::sync::Arc;
+
+use actix::Message;
+
+use super::WalError;
+use crate::ids::{Seq, TableRef};
+use crate::row::Row;
+use crate::schema::TableSchema;
+
+/// Makes a validated batch durable: assigns its sequences, writes it, waits for the group's
+/// `fdatasync`, hands the rows to the memtable, then replies.
+#[derive(Message)]
+#[rtype(result = "Result<Durable, WalError>")]
+pub struct Append {
+    /// The table.
+    pub table: TableRef,
+    /// Schema the rows were validated against.
+    pub schema: Arc<TableSchema>,
+    /// Its version.
+    pub schema_version: u32,
+    /// The rows, in request order.
+    pub rows: Vec<Row>,
+}
+
+impl fmt::Debug for Append {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Append")
+            .field("table", &self.table)
+            .field("rows", &self.rows.len())
+            .finish()
+    }
+}
+
+/// The batch is on disk (and visible to reads) with these sequences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durable {
+    /// Sequence of the first row.
+    pub first_seq: Seq,
+    /// Sequence of the last row.
+    pub last_seq: Seq,
+}

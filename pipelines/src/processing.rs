@@ -1,0 +1,191 @@
+//! Assembly of a standalone node: recover, then start the supervised actors.
+//!
+//! Start-up order matters for exactly-once: the catalog is loaded first, so WAL replay can skip
+//! every event the catalog already has in files (the committed sequence per table); replayed
+//! events go into memtables before any actor runs; sequence counters resume past both.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Addr, Supervisor};
+use alluvium_actors::auth::{self, AuthActor, Authenticator, Bootstrap, JwtConfig, JwtVerifier, KeyStore};
+use alluvium_actors::catalog::{self, CatalogActor, CatalogState};
+use alluvium_actors::flush::FlushActor;
+use alluvium_actors::ids::{Seq, TableRef};
+use alluvium_actors::memtable::{MemoryGauge, MemtableActor, MemtableConfig};
+use alluvium_actors::schema::actor::SchemaActor;
+use alluvium_actors::schema::translate::BatchLimits;
+use alluvium_actors::storage::Storage;
+use alluvium_actors::wal::actor::WalActor;
+use alluvium_actors::wal::{Wal, WalConfig, WalError};
+
+use crate::PipelineError;
+
+/// Everything a standalone node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Root of local state: `wal/`, `keys.json`, and the local object store (`tables/`,
+    /// `catalog/`).
+    pub data_dir: PathBuf,
+    /// Write-ahead log settings (its `dir` is ignored: always `<data_dir>/wal`).
+    pub wal: WalConfig,
+    /// Memtable freeze and flush settings.
+    pub memtable: MemtableConfig,
+    /// Byte budget of all memtables; above it ingest pushes back.
+    pub memory_budget: usize,
+    /// Limits on one batch.
+    pub batch_limits: BatchLimits,
+    /// JWT verification.
+    pub jwt: JwtConfig,
+    /// The bootstrap admin key to install on first start (`ALLUVIUM_BOOTSTRAP_KEY`).
+    pub bootstrap_key: Option<String>,
+}
+
+/// A running standalone node: handles to its actors, used by the sources and the query path.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub(crate) auth: Addr<AuthActor>,
+    pub(crate) schema: Addr<SchemaActor>,
+    pub(crate) wal: Addr<WalActor>,
+    pub(crate) memtable: Addr<MemtableActor>,
+    pub(crate) catalog: Addr<CatalogActor>,
+    pub(crate) storage: Storage,
+    pub(crate) gauge: MemoryGauge,
+    pub(crate) memory_budget: usize,
+    pub(crate) max_record_size: usize,
+    /// What happened to the bootstrap key at start.
+    pub bootstrap: Arc<Bootstrap>,
+}
+
+/// How long a client told to back off should wait.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+impl Node {
+    /// Recovers state from `config.data_dir` and starts every actor on the current arbiter.
+    pub async fn start(config: NodeConfig) -> Result<Node, PipelineError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            PipelineError::Unavailable(format!(
+                "cannot create data dir {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let storage = Storage::local(&config.data_dir)?;
+        let state = catalog::log::load_from(&storage, CatalogState::default())
+            .await
+            .map_err(|e| PipelineError::Unavailable(e.to_string()))?;
+        tracing::info!(version = state.version, tables = state.tables.len(), store = storage.description(), "catalog loaded");
+        let state = Arc::new(state);
+
+        let catalog_actor = CatalogActor::new(storage.clone(), state.clone());
+        let catalog = Supervisor::start(move |_| catalog_actor);
+        let flush_storage = storage.clone();
+        let flush_catalog = catalog.clone();
+        let flush = Supervisor::start(move |_| FlushActor::new(flush_storage, flush_catalog));
+
+        let gauge = MemoryGauge::default();
+        let mut memtables =
+            MemtableActor::new(config.memtable.clone(), flush.recipient(), gauge.clone());
+        let mut wal_config = config.wal.clone();
+        wal_config.dir = config.data_dir.join("wal");
+        let max_record_size = wal_config.max_record_size as usize;
+        let (wal, next_seq) = recover(&state, wal_config, &mut memtables)?;
+        let memtable = Supervisor::start(move |_| memtables);
+        let wal_memtable = memtable.clone().recipient();
+        let wal_catalog = catalog.clone();
+        let wal = Supervisor::start(move |_| WalActor::new(wal, next_seq, wal_memtable, wal_catalog));
+
+        let schema_actor = SchemaActor::new(&state, catalog.clone(), config.batch_limits);
+        let schema = Supervisor::start(move |_| schema_actor);
+
+        let mut keys = KeyStore::open(config.data_dir.join("keys.json"))?;
+        let bootstrap = auth::bootstrap(&mut keys, config.bootstrap_key.clone(), &config.data_dir)?;
+        let jwt = JwtVerifier::new(&config.jwt)?;
+        let authenticator = Authenticator::new(keys, jwt);
+        let auth = Supervisor::start(move |_| AuthActor::new(authenticator));
+
+        Ok(Node {
+            auth,
+            schema,
+            wal,
+            memtable,
+            catalog,
+            storage,
+            gauge,
+            memory_budget: config.memory_budget,
+            max_record_size,
+            bootstrap: Arc::new(bootstrap),
+        })
+    }
+
+    /// Bytes held by memtables now.
+    pub fn memtable_bytes(&self) -> usize {
+        self.gauge.bytes()
+    }
+
+    /// Fails with [`PipelineError::Overloaded`] when memtables are at their budget.
+    pub(crate) fn check_budget(&self) -> Result<(), PipelineError> {
+        let held = self.gauge.bytes();
+        if held >= self.memory_budget {
+            return Err(PipelineError::Overloaded {
+                held,
+                budget: self.memory_budget,
+                retry_after: RETRY_AFTER,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Replays the WAL into `memtables`, skipping events the catalog has in files; returns the
+/// opened log and each table's next sequence.
+fn recover(
+    state: &CatalogState,
+    wal_config: WalConfig,
+    memtables: &mut MemtableActor,
+) -> Result<(Wal, HashMap<TableRef, Seq>), PipelineError> {
+    let mut last: HashMap<TableRef, Seq> = state.committed_seqs();
+    let (mut replayed, mut skipped) = (0u64, 0u64);
+    let dir = wal_config.dir.clone();
+    let wal = Wal::open(wal_config, |mut record| {
+        let Some(entry) = state.table(&record.table) else {
+            return Err(WalError::Corrupt {
+                path: dir.clone(),
+                offset: 0,
+                reason: format!(
+                    "the log holds events of table {} which the catalog does not know",
+                    record.table
+                ),
+            });
+        };
+        let committed = entry.committed_seq;
+        let last_seq = record.last_seq();
+        let seen = last.entry(record.table.clone()).or_insert(0);
+        *seen = (*seen).max(last_seq);
+        if last_seq <= committed {
+            skipped += record.rows.len() as u64;
+            return Ok(());
+        }
+        if record.first_seq <= committed {
+            // Part of this batch reached files before the crash: keep the rest.
+            let done = (committed - record.first_seq + 1) as usize;
+            record.rows.drain(..done);
+            skipped += done as u64;
+            record.first_seq = committed + 1;
+        }
+        replayed += record.rows.len() as u64;
+        memtables.insert(
+            &record.table,
+            &entry.schema,
+            record.schema_version,
+            record.first_seq,
+            record.ingested_at_us,
+            record.rows,
+        );
+        Ok(())
+    })?;
+    tracing::info!(replayed, skipped, "wal recovered");
+    let next = last.into_iter().map(|(t, s)| (t, s + 1)).collect();
+    Ok((wal, next))
+}

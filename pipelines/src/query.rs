@@ -1,0 +1,170 @@
+//! Reading a table as of one snapshot: committed Parquet files plus unflushed memtable rows.
+//!
+//! The memtable snapshot is taken before the catalog snapshot. A frozen memtable is dropped
+//! only after its files are committed, so every event is in one of the two; events in both
+//! (committed between the two snapshots) are taken from the files, since memtable rows are
+//! read only above the catalog's committed sequence.
+
+use std::sync::Arc;
+
+use alluvium_actors::auth::{Principal, Scope};
+use alluvium_actors::catalog::messages::Snapshot;
+use alluvium_actors::memtable::messages::Read;
+use alluvium_actors::schema::TableSchema;
+use alluvium_actors::schema::arrow::{INGESTED_AT_COLUMN, OP_COLUMN, RowRef, SEQ_COLUMN, rows_to_batch};
+use alluvium_actors::storage::parquet::decode;
+use arrow::array::RecordBatch;
+use object_store::path::Path as ObjectPath;
+use serde::Deserialize;
+
+use crate::{Node, PipelineError};
+
+/// A read request: which columns, how many rows.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    /// Columns to return, in order; default: every table field.
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+    /// Most rows to return; default: all.
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Also return the hidden columns `_seq`, `_op` and `_ingested_at` (when `columns` is not
+    /// given). Default: false.
+    #[serde(default)]
+    pub include_hidden: bool,
+}
+
+/// Rows of a query, as Arrow batches of the requested columns.
+#[derive(Debug)]
+pub struct QueryResult {
+    /// The batches, files first (in commit order), then memtables.
+    pub batches: Vec<RecordBatch>,
+    /// Catalog version read.
+    pub catalog_version: u64,
+}
+
+const HIDDEN: [&str; 3] = [SEQ_COLUMN, OP_COLUMN, INGESTED_AT_COLUMN];
+
+fn columns(schema: &TableSchema, req: &QueryRequest) -> Result<Vec<String>, PipelineError> {
+    match &req.columns {
+        Some(cols) => {
+            for c in cols {
+                if schema.field(c).is_none() && !HIDDEN.contains(&c.as_str()) {
+                    return Err(PipelineError::UnknownColumn(c.chars().take(128).collect()));
+                }
+            }
+            Ok(cols.clone())
+        }
+        None => {
+            let mut cols: Vec<String> = schema.fields.iter().map(|f| f.name.clone()).collect();
+            if req.include_hidden {
+                cols.extend(HIDDEN.iter().map(|s| s.to_string()));
+            }
+            Ok(cols)
+        }
+    }
+}
+
+fn project(batch: &RecordBatch, cols: &[String]) -> Result<RecordBatch, PipelineError> {
+    let schema = batch.schema();
+    let indices = cols
+        .iter()
+        .map(|c| {
+            schema
+                .index_of(c)
+                .map_err(|_| PipelineError::UnknownColumn(c.clone()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    batch.project(&indices).map_err(|e| {
+        PipelineError::Unavailable(format!("cannot project query columns: {e}"))
+    })
+}
+
+impl Node {
+    /// Returns the rows of a table of the principal's tenant (`query` scope).
+    pub async fn query(
+        &self,
+        principal: &Principal,
+        table: &str,
+        req: QueryRequest,
+    ) -> Result<QueryResult, PipelineError> {
+        principal.require(Scope::Query)?;
+        let info = self.table(principal, table).await?;
+        let cols = columns(&info.schema, &req)?;
+        let limit = req.limit.unwrap_or(usize::MAX);
+
+        let mem = self.memtable.send(Read { table: info.table.clone() }).await?;
+        let state = self.catalog.send(Snapshot).await?;
+        let (files, committed) = match state.table(&info.table) {
+            Some(e) => (e.files.clone(), e.committed_seq),
+            None => (Vec::new(), 0),
+        };
+
+        let mut batches = Vec::new();
+        let mut rows = 0usize;
+        for file in files {
+            if rows >= limit {
+                break;
+            }
+            let bytes = self.storage.get(&ObjectPath::from(file.path.as_str())).await?;
+            let path = file.path.clone();
+            let want = cols.clone();
+            let decoded = tokio::task::spawn_blocking(move || decode(bytes, Some(&want), &path))
+                .await
+                .map_err(|e| PipelineError::Unavailable(format!("file decoding task failed: {e}")))??;
+            for b in decoded {
+                rows = push_limited(&mut batches, project(&b, &cols)?, rows, limit);
+            }
+        }
+
+        if rows < limit {
+            let schema: Arc<TableSchema> = info.schema.clone();
+            let cols2 = cols.clone();
+            let want = limit - rows;
+            let batch = tokio::task::spawn_blocking(move || -> Result<Option<RecordBatch>, PipelineError> {
+                // Skiplist entries keep their rows alive: borrow them instead of copying.
+                let mut entries = Vec::new();
+                for m in &mem.memtables {
+                    for e in m.iter() {
+                        let seq = e.key().seq;
+                        if seq > committed && seq <= mem.upto && entries.len() < want {
+                            entries.push(e);
+                        }
+                    }
+                }
+                if entries.is_empty() {
+                    return Ok(None);
+                }
+                let row_refs: Vec<RowRef<'_>> = entries
+                    .iter()
+                    .map(|e| RowRef {
+                        seq: e.key().seq,
+                        ingested_at_us: e.value().ingested_at_us,
+                        row: &e.value().row,
+                    })
+                    .collect();
+                let batch = rows_to_batch(&schema, &row_refs)?;
+                Ok(Some(project(&batch, &cols2)?))
+            })
+            .await
+            .map_err(|e| PipelineError::Unavailable(format!("memtable read task failed: {e}")))??;
+            if let Some(b) = batch {
+                push_limited(&mut batches, b, rows, limit);
+            }
+        }
+        Ok(QueryResult {
+            batches,
+            catalog_version: state.version,
+        })
+    }
+}
+
+fn push_limited(batches: &mut Vec<RecordBatch>, batch: RecordBatch, rows: usize, limit: usize) -> usize {
+    let room = limit.saturating_sub(rows);
+    let take = batch.num_rows().min(room);
+    if take > 0 {
+        batches.push(batch.slice(0, take));
+    }
+    rows + take
+}

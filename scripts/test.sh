@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the test dependencies into git-ignored folders, then runs the whole suite:
+# formatting, clippy, and every test (unit and integration, with nextest when available).
+#
+#   ./scripts/test.sh            # everything
+#   ./scripts/test.sh crash      # extra arguments are passed to the test runner as a filter
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=.venv
+if [ ! -x "$venv/bin/python" ]; then
+  echo "== creating $venv"
+  python3 -m venv "$venv"
+fi
+# Test-only Python packages: independent Parquet readers.
+if ! "$venv/bin/python" -c 'import duckdb, pyarrow' 2>/dev/null; then
+  echo "== installing duckdb and pyarrow into $venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+fi
+export ALLUVIUM_TEST_PYTHON="$PWD/$venv/bin/python"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast "$@"
+else
+  cargo test --workspace --locked --no-fail-fast "$@"
+fi

@@ -1,0 +1,180 @@
+//! The command line: `serve`, `token mint`, `wal inspect|verify`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use alluvium_actors::auth::{Scope, mint_hs256};
+use alluvium_actors::ids::TenantId;
+use alluvium_actors::wal::{ProblemKind, inspect};
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, HumanDuration};
+
+/// alluvium: lands JSON event streams in a Parquet lake, durably and exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "alluvium", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs a standalone node: HTTP ingest and queries, local WAL, local Parquet lake.
+    Serve(ServeArgs),
+    /// Development tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Looks at the write-ahead log without changing it.
+    #[command(subcommand)]
+    Wal(WalCommand),
+}
+
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// Configuration file (TOML). Every key can also be set as ALLUVIUM_<SECTION>__<KEY>.
+    #[arg(long, short = 'c', env = "ALLUVIUM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory of local state (overrides `data_dir`). Default: ./data
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut config = Config::load(self.config.as_deref(), std::env::vars())?;
+        if let Some(d) = &self.data_dir {
+            config.data_dir = d.clone();
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Address to listen on (overrides `server.listen`). Default: 127.0.0.1:8080
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Mints an HS256 JWT with the secret of `[auth.jwt] hs256_secret`, for development.
+    Mint(MintArgs),
+}
+
+#[derive(Debug, Args)]
+struct MintArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Tenant the token authenticates as.
+    #[arg(long)]
+    tenant: String,
+    /// Comma-separated scopes: ingest, query, admin.
+    #[arg(long, default_value = "ingest,query", value_delimiter = ',')]
+    scopes: Vec<String>,
+    /// Lifetime, e.g. 15m, 1h.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum WalCommand {
+    /// Lists segments, record counts and sequence ranges.
+    Inspect(WalArgs),
+    /// Like inspect, and exits non-zero if any segment is damaged.
+    Verify(WalArgs),
+}
+
+#[derive(Debug, Args)]
+struct WalArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init("info");
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            let mut config = args.config.load()?;
+            if let Some(listen) = args.listen {
+                config.server.listen = listen;
+            }
+            crate::server::serve(config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(TokenCommand::Mint(args)) => {
+            let config = args.config.load()?;
+            let jwt = &config.auth.jwt;
+            let Some(secret) = jwt.hs256_secret.as_deref() else {
+                bail!("no HS256 secret configured: set [auth.jwt] hs256_secret or ALLUVIUM_AUTH__JWT__HS256_SECRET");
+            };
+            let tenant = TenantId::new(&args.tenant)?;
+            let scopes = args
+                .scopes
+                .iter()
+                .map(|s| Scope::parse(s.trim()).with_context(|| format!("unknown scope {s:?}")))
+                .collect::<anyhow::Result<BTreeSet<_>>>()?;
+            let ttl: HumanDuration = args.ttl.parse().map_err(anyhow::Error::msg)?;
+            let token = mint_hs256(
+                secret,
+                &tenant,
+                &scopes,
+                ttl.0,
+                jwt.issuer.as_deref(),
+                jwt.audience.as_deref(),
+            )?;
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Wal(cmd) => {
+            let (args, verify) = match cmd {
+                WalCommand::Inspect(a) => (a, false),
+                WalCommand::Verify(a) => (a, true),
+            };
+            let config = args.config.load()?;
+            let dir = config.data_dir.join("wal");
+            let max = u32::try_from(config.wal.max_record_size.0).unwrap_or(u32::MAX);
+            let reports = inspect(&dir, max)?;
+            let mut damaged = false;
+            for r in &reports {
+                println!(
+                    "segment {:020} {} bytes ({} valid) {} records",
+                    r.id, r.bytes, r.valid_bytes, r.records
+                );
+                for (table, range) in &r.tables {
+                    println!("  {table}: seq {}..={}", range.first, range.last);
+                }
+                if let Some(p) = &r.problem {
+                    damaged |= matches!(p.kind, ProblemKind::Corrupt);
+                    println!("  {:?} at byte {}: {}", p.kind, p.offset, p.reason);
+                }
+            }
+            if reports.is_empty() {
+                println!("no segments in {}", dir.display());
+            }
+            Ok(if verify && damaged {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The configuration file (TOML) and its `ALLUVIUM_*` environment overrides.
+//!
+//! Every key has a default, documented on its field. An environment variable
+//! `ALLUVIUM_<SECTION>__<KEY>` (double underscore between levels, e.g.
+//! `ALLUVIUM_SERVER__LISTEN=0.0.0.0:8080`, `ALLUVIUM_DATA_DIR=/var/lib/alluvium`) overrides the
+//! file; unknown keys, in the file or the environment, are errors rather than silently ignored.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use alluvium_actors::auth::JwtConfig;
+use serde::{Deserialize, Deserializer};
+
+/// Environment variables with the `ALLUVIUM_` prefix that are not configuration keys.
+const NOT_CONFIG: [&str; 4] = ["BOOTSTRAP_KEY", "LOG", "LOG_FORMAT", "CONFIG"];
+
+/// Errors of loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file or an override is not valid.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// A byte size written as `"64MiB"`, `"16 MB"`, `"512KiB"` or a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid size {s:?}: expected e.g. \"64MiB\""))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1_000,
+            "kib" | "k" => 1 << 10,
+            "mb" => 1_000_000,
+            "mib" | "m" => 1 << 20,
+            "gb" => 1_000_000_000,
+            "gib" | "g" => 1 << 30,
+            other => return Err(format!("invalid size unit {other:?} in {s:?}")),
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {s:?} is too large"))
+    }
+}
+
+/// A duration written as `"200ms"`, `"30s"`, `"5m"`, `"1h"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}: expected e.g. \"200ms\" or \"30s\""))?;
+        let d = match unit.trim() {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            other => {
+                return Err(format!(
+                    "invalid duration unit {other:?} in {s:?}: use ms, s, m or h"
+                ));
+            }
+        };
+        Ok(HumanDuration(d))
+    }
+}
+
+macro_rules! from_str_or_int {
+    ($t:ty, $int:expr) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                #[derive(Deserialize)]
+                #[serde(untagged)]
+                enum Raw {
+                    Int(u64),
+                    Str(String),
+                }
+                match Raw::deserialize(d)? {
+                    Raw::Int(n) => Ok($int(n)),
+                    Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+                }
+            }
+        }
+    };
+}
+from_str_or_int!(ByteSize, ByteSize);
+from_str_or_int!(HumanDuration, |n| HumanDuration(Duration::from_millis(n)));
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Root of local state: WAL, key store, and the local object store. Default: `./data`.
+    pub data_dir: PathBuf,
+    /// HTTP server.
+    pub server: ServerConfig,
+    /// Write-ahead log.
+    pub wal: WalSection,
+    /// Memtables and flushing.
+    pub memtable: MemtableSection,
+    /// Limits on ingest batches.
+    pub ingest: IngestSection,
+    /// Authentication.
+    pub auth: AuthSection,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            server: ServerConfig::default(),
+            wal: WalSection::default(),
+            memtable: MemtableSection::default(),
+            ingest: IngestSection::default(),
+            auth: AuthSection::default(),
+        }
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the HTTP server binds. Default: `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Largest accepted request body. Default: `16MiB`.
+    pub body_limit: ByteSize,
+    /// HTTP worker threads. Default: 0, meaning one per CPU core.
+    pub workers: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_limit: ByteSize(16 << 20),
+            workers: 0,
+        }
+    }
+}
+
+/// `[wal]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalSection {
+    /// A segment is closed and a new one started past this size. Default: `64MiB`.
+    pub segment_size: ByteSize,
+    /// Largest single log record (one batch). Default: `64MiB`.
+    pub max_record_size: ByteSize,
+}
+
+impl Default for WalSection {
+    fn default() -> Self {
+        Self {
+            segment_size: ByteSize(64 << 20),
+            max_record_size: ByteSize(64 << 20),
+        }
+    }
+}
+
+/// `[memtable]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemtableSection {
+    /// A table's memtable is frozen and flushed at this size. Default: `64MiB`.
+    pub freeze_size: ByteSize,
+    /// ...or when its oldest row is this old. Default: `60s`.
+    pub freeze_age: HumanDuration,
+    /// All memtables together may hold this much; above it ingest answers 429. Default: `1GiB`.
+    pub budget: ByteSize,
+    /// First delay before retrying a failed flush (doubles each time). Default: `1s`.
+    pub flush_retry: HumanDuration,
+}
+
+impl Default for MemtableSection {
+    fn default() -> Self {
+        Self {
+            freeze_size: ByteSize(64 << 20),
+            freeze_age: HumanDuration(Duration::from_secs(60)),
+            budget: ByteSize(1 << 30),
+            flush_retry: HumanDuration(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// `[ingest]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSection {
+    /// Most events in one request. Default: 1000000.
+    pub max_batch_rows: usize,
+    /// Deepest JSON nesting in one event. Default: 32.
+    pub max_depth: usize,
+}
+
+impl Default for IngestSection {
+    fn default() -> Self {
+        Self {
+            max_batch_rows: 1_000_000,
+            max_depth: 32,
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// `[auth.jwt]`: JWT verification. Default: no JWT keys (API keys only).
+    pub jwt: JwtConfig,
+}
+
+impl Config {
+    /// Loads `file` (if given) and applies the `ALLUVIUM_*` variables of `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("ALLUVIUM_") else {
+                continue;
+            };
+            if NOT_CONFIG.contains(&rest) {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            set_path(&mut table, &path, parse_env_value(&value))
+                .map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?;
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))
+    }
+}
+
+/// Reads an environment value as a TOML scalar when it is one (`42`, `true`), else a string.
+fn parse_env_value(raw: &str) -> toml::Value {
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => match t.remove("v") {
+            Some(v @ (toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::Array(_))) => v,
+            _ => toml::Value::String(raw.to_string()),
+        },
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    match path {
+        [] => Err("empty key".into()),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => set_path(t, rest, value),
+                _ => Err(format!("{first} is not a section")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_without_file_or_env() {
+        let c = Config::load(None, env(&[("PATH", "/bin")])).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.server.body_limit, ByteSize(16 << 20));
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a.toml");
+        std::fs::write(
+            &f,
+            "data_dir = \"/x\"\n[server]\nlisten = \"127.0.0.1:9000\"\nbody_limit = \"1MiB\"\n[memtable]\nfreeze_age = \"200ms\"\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&f),
+            env(&[
+                ("ALLUVIUM_SERVER__LISTEN", "127.0.0.1:9001"),
+                ("ALLUVIUM_MEMTABLE__BUDGET", "2GiB"),
+                ("ALLUVIUM_BOOTSTRAP_KEY", "ignored-here"),
+                ("ALLUVIUM_INGEST__MAX_DEPTH", "8"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/x"));
+        assert_eq!(c.server.listen.port(), 9001);
+        assert_eq!(c.server.body_limit, ByteSize(1 << 20));
+        assert_eq!(c.memtable.freeze_age, HumanDuration(Duration::from_millis(200)));
+        assert_eq!(c.memtable.budget, ByteSize(2 << 30));
+        assert_eq!(c.ingest.max_depth, 8);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = Config::load(None, env(&[("ALLUVIUM_SERVER__LISTNE", "x")])).unwrap_err();
+        assert!(e.to_string().contains("listne"), "{e}");
+        let e = Config::load(None, env(&[("ALLUVIUM_MEMTABLE__BUDGET", "lots")])).unwrap_err();
+        assert!(e.to_string().contains("lots"), "{e}");
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!("64MiB".parse::<ByteSize>().unwrap(), ByteSize(64 << 20));
+        assert_eq!("10 kb".parse::<ByteSize>().unwrap(), ByteSize(10_000));
+        assert!("1XB".parse::<ByteSize>().is_err());
+        assert_eq!(
+            "5m".parse::<HumanDuration>().unwrap(),
+            HumanDuration(Duration::from_secs(300))
+        );
+        assert!("5 weeks".parse::<HumanDuration>().is_err());
+    }
+}

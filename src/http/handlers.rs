@@ -1,0 +1,305 @@
+//! Request handlers.
+
+use std::collections::BTreeSet;
+
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use alluvium_actors::auth::{Principal, Scope};
+use alluvium_actors::ids::TenantId;
+use alluvium_actors::schema::TableSchema;
+use alluvium_actors::schema::arrow::write_json_rows;
+use alluvium_actors::schema::messages::TableInfo;
+use alluvium_actors::schema::translate::BodyFormat;
+use alluvium_pipelines::PipelineError;
+use alluvium_pipelines::query::QueryRequest;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::error::ApiError;
+use alluvium_actors::auth::AuthError;
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// The credential of a request: `Authorization: Bearer <token>` or `X-API-Key: <key>`.
+fn credential(headers: &HeaderMap) -> Result<&str> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let v = v.to_str().map_err(|_| AuthError::Unauthenticated)?;
+        let token = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .ok_or(AuthError::Unauthenticated)?;
+        return Ok(token.trim());
+    }
+    if let Some(v) = headers.get("x-api-key") {
+        return Ok(v.to_str().map_err(|_| AuthError::Unauthenticated)?.trim());
+    }
+    Err(AuthError::Unauthenticated.into())
+}
+
+async fn principal(state: &AppState, req: &HttpRequest) -> Result<Principal> {
+    let cred = credential(req.headers())?;
+    if cred.is_empty() {
+        return Err(AuthError::Unauthenticated.into());
+    }
+    Ok(state.node.authenticate(cred).await?)
+}
+
+/// Reads the body up to the limit: a declared length over it is refused before reading, and
+/// reading stops as soon as the limit is passed.
+async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes> {
+    if let Some(enc) = req.headers().get(header::CONTENT_ENCODING) {
+        let enc = enc.to_str().unwrap_or("?");
+        if !enc.eq_ignore_ascii_case("identity") {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "content encoding {enc:?} is not supported; send the body uncompressed"
+            )));
+        }
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(8192).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BodyRead(e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::BodyTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+fn mime(req: &HttpRequest) -> String {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("{what}: {e}")))
+}
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    // The node accepts requests once recovery finished, which happens before the server binds.
+    let _ = state;
+    HttpResponse::Ok().content_type("text/plain").body("ready\n")
+}
+
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render(&state.node))
+}
+
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse> {
+    Err(ApiError::NotFound(format!("{} {}", req.method(), req.path())))
+}
+
+pub async fn ingest(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    table: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let started = std::time::Instant::now();
+    let res = async {
+        let principal = principal(&state, &req).await?;
+        let format = match mime(&req).as_str() {
+            "" | "application/json" => BodyFormat::Json,
+            "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {
+                BodyFormat::Ndjson
+            }
+            other => {
+                return Err(ApiError::UnsupportedMediaType(format!(
+                    "content type {other:?} is not accepted; use application/json or application/x-ndjson"
+                )));
+            }
+        };
+        let body = read_body(&req, payload, state.body_limit).await?;
+        let bytes = body.len();
+        let ack = state.node.ingest(&principal, &table, body, format).await?;
+        state.metrics.ingested(ack.accepted as u64, bytes as u64);
+        Ok(HttpResponse::Ok().json(ack))
+    }
+    .await;
+    state.metrics.request("ingest", &res, started.elapsed());
+    res
+}
+
+#[derive(Serialize)]
+struct TableView<'a> {
+    table: &'a str,
+    tenant: &'a str,
+    schema_version: u32,
+    #[serde(flatten)]
+    schema: &'a TableSchema,
+}
+
+fn table_view(info: &TableInfo) -> TableView<'_> {
+    TableView {
+        table: info.table.table.as_str(),
+        tenant: info.table.tenant.as_str(),
+        schema_version: info.version,
+        schema: &info.schema,
+    }
+}
+
+pub async fn create_table(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    table: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let principal = principal(&state, &req).await?;
+    let body = read_body(&req, payload, state.body_limit).await?;
+    let schema: TableSchema = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::Pipeline(PipelineError::Schema(
+            alluvium_actors::schema::error::SchemaError::InvalidDefinition(e.to_string()),
+        ))
+    })?;
+    let created = state.node.create_table(&principal, &table, schema).await?;
+    let status = if created.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status).json(table_view(&created.info)))
+}
+
+pub async fn get_table(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    table: web::Path<String>,
+) -> Result<HttpResponse> {
+    let principal = principal(&state, &req).await?;
+    let info = state.node.table(&principal, &table).await?;
+    Ok(HttpResponse::Ok().json(table_view(&info)))
+}
+
+pub async fn list_tables(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse> {
+    let principal = principal(&state, &req).await?;
+    let tables = state.node.tables(&principal).await?;
+    let views: Vec<_> = tables.iter().map(table_view).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "tables": views })))
+}
+
+pub async fn query(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    table: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let started = std::time::Instant::now();
+    let res = async {
+        let principal = principal(&state, &req).await?;
+        let body = read_body(&req, payload, state.body_limit).await?;
+        let request: QueryRequest = if body.iter().all(u8::is_ascii_whitespace) {
+            QueryRequest::default()
+        } else {
+            parse_json(&body, "query")?
+        };
+        let ndjson = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("application/x-ndjson") || v.contains("application/ndjson"));
+        let result = state.node.query(&principal, &table, request).await?;
+        let out = web::block(move || -> std::result::Result<Vec<u8>, String> {
+            let mut out = Vec::new();
+            if !ndjson {
+                out.push(b'[');
+            }
+            let mut first = true;
+            for b in &result.batches {
+                write_json_rows(b, &mut out, ndjson, &mut first).map_err(|e| e.to_string())?;
+            }
+            if !ndjson {
+                out.extend_from_slice(b"]\n");
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| ApiError::Pipeline(PipelineError::Unavailable(e.to_string())))?
+        .map_err(|e| ApiError::Pipeline(PipelineError::Unavailable(e)))?;
+        let ctype = if ndjson {
+            "application/x-ndjson"
+        } else {
+            "application/json"
+        };
+        Ok(HttpResponse::Ok().content_type(ctype).body(out))
+    }
+    .await;
+    state.metrics.request("query", &res, started.elapsed());
+    res
+}
+
+pub async fn flush(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    table: web::Path<String>,
+) -> Result<HttpResponse> {
+    let principal = principal(&state, &req).await?;
+    let version = state.node.flush(&principal, &table).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "flushed": version.is_some(),
+        "catalog_version": version,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyRequest {
+    tenant: Option<String>,
+    scopes: Vec<String>,
+    #[serde(default)]
+    label: Option<String>,
+}
+
+pub async fn create_key(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let principal = principal(&state, &req).await?;
+    let body = read_body(&req, payload, 64 * 1024).await?;
+    let kr: KeyRequest = parse_json(&body, "key request")?;
+    let tenant = match kr.tenant {
+        Some(t) => TenantId::new(t).map_err(PipelineError::from)?,
+        None => principal.tenant.clone(),
+    };
+    let scopes = kr
+        .scopes
+        .iter()
+        .map(|s| {
+            Scope::parse(s).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "unknown scope {s:?}; expected ingest, query or admin"
+                ))
+            })
+        })
+        .collect::<Result<BTreeSet<_>>>()?;
+    let key = state
+        .node
+        .create_key(&principal, tenant, scopes, kr.label)
+        .await?;
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "key": key.key,
+        "id": key.id,
+        "tenant": key.tenant,
+        "scopes": key.scopes,
+    })))
+}

@@ -1,0 +1,41 @@
+//! The HTTP API (actix-web): routes, credential extraction, body limits, response formats.
+//!
+//! Handlers are thin: they extract the credential and body, call the [`Node`], and render the
+//! result; errors become problem+json in [`error`].
+
+pub mod error;
+mod handlers;
+
+use actix_web::web;
+
+use crate::metrics::Metrics;
+use alluvium_pipelines::Node;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The pipeline.
+    pub node: Node,
+    /// Largest request body.
+    pub body_limit: usize,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+}
+
+/// Registers every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(handlers::healthz))
+        .route("/readyz", web::get().to(handlers::readyz))
+        .route("/metrics", web::get().to(handlers::metrics))
+        .service(
+            web::scope("/v1")
+                .route("/keys", web::post().to(handlers::create_key))
+                .route("/tables", web::get().to(handlers::list_tables))
+                .route("/tables/{table}", web::put().to(handlers::create_table))
+                .route("/tables/{table}", web::get().to(handlers::get_table))
+                .route("/tables/{table}/events", web::post().to(handlers::ingest))
+                .route("/tables/{table}/query", web::post().to(handlers::query))
+                .route("/tables/{table}/flush", web::post().to(handlers::flush)),
+        )
+        .default_service(web::to(handlers::not_found));
+}

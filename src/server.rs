@@ -1,0 +1,83 @@
+//! `alluvium serve`: recover, start the node's actors, serve HTTP until stopped.
+
+use actix_web::{App, HttpServer, web};
+use alluvium_actors::auth::Bootstrap;
+use alluvium_actors::memtable::MemtableConfig;
+use alluvium_actors::schema::translate::BatchLimits;
+use alluvium_actors::wal::WalConfig;
+use alluvium_pipelines::{Node, NodeConfig};
+use anyhow::Context as _;
+
+use crate::config::Config;
+use crate::http::{AppState, routes};
+use crate::metrics::Metrics;
+
+/// The node configuration a [`Config`] describes.
+pub fn node_config(config: &Config) -> NodeConfig {
+    let mut wal = WalConfig::new(config.data_dir.join("wal"));
+    wal.segment_size = config.wal.segment_size.0;
+    wal.max_record_size = u32::try_from(config.wal.max_record_size.0).unwrap_or(u32::MAX);
+    NodeConfig {
+        data_dir: config.data_dir.clone(),
+        wal,
+        memtable: MemtableConfig {
+            freeze_bytes: config.memtable.freeze_size.0 as usize,
+            freeze_age: config.memtable.freeze_age.0,
+            retry_backoff: config.memtable.flush_retry.0,
+        },
+        memory_budget: config.memtable.budget.0 as usize,
+        batch_limits: BatchLimits {
+            max_rows: config.ingest.max_batch_rows,
+            max_depth: config.ingest.max_depth,
+        },
+        jwt: config.auth.jwt.clone(),
+        bootstrap_key: std::env::var("ALLUVIUM_BOOTSTRAP_KEY")
+            .ok()
+            .filter(|k| !k.is_empty()),
+    }
+}
+
+/// Runs a standalone node until SIGINT/SIGTERM.
+pub fn serve(config: Config) -> anyhow::Result<()> {
+    let system = actix_web::rt::System::new();
+    system.block_on(async move {
+        let node = Node::start(node_config(&config))
+            .await
+            .context("cannot start the node")?;
+        match &*node.bootstrap {
+            Bootstrap::Generated { key, path, .. } => {
+                // Printed once, on the first start: the only way to learn the key besides the file.
+                println!(
+                    "bootstrap admin key for tenant \"default\" (also written to {}):\n{key}",
+                    path.display()
+                );
+            }
+            Bootstrap::FromEnv { id } => {
+                tracing::info!(key_id = %id, "bootstrap admin key installed from ALLUVIUM_BOOTSTRAP_KEY");
+            }
+            Bootstrap::AlreadyHasKeys => {}
+        }
+        let state = AppState {
+            node,
+            body_limit: config.server.body_limit.0 as usize,
+            metrics: Metrics::default(),
+        };
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(state.clone()))
+                .configure(routes)
+        });
+        if config.server.workers > 0 {
+            server = server.workers(config.server.workers);
+        }
+        let server = server
+            .bind(config.server.listen)
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        for addr in server.addrs() {
+            tracing::info!(%addr, data_dir = %config.data_dir.display(), "alluvium listening");
+            // A line for scripts and tests that start the server on port 0.
+            println!("listening on http://{addr}");
+        }
+        server.run().await.context("http server failed")
+    })
+}
