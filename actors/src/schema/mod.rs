@@ -2,7 +2,10 @@
 //! batches into typed rows and of rows into Arrow record batches.
 
 pub mod arrow;
+pub mod error;
 pub mod translate;
 pub mod types;
 
+pub use error::SchemaError;
+pub use translate::{BatchLimits, BodyFormat, parse_batch};
 pub use types::{Evolution, Field, FieldType, PartitionBy, TableSchema, TimeUnit};
