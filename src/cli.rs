@@ -124,7 +124,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = args.config.load()?;
             let jwt = &config.auth.jwt;
             let Some(secret) = jwt.hs256_secret.as_deref() else {
-                bail!("no HS256 secret configured: set [auth.jwt] hs256_secret or ALLUVIUM_AUTH__JWT__HS256_SECRET");
+                bail!(
+                    "no HS256 secret configured: set [auth.jwt] hs256_secret or ALLUVIUM_AUTH__JWT__HS256_SECRET"
+                );
             };
             let tenant = TenantId::new(&args.tenant)?;
             let scopes = args

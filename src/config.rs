@@ -13,7 +13,8 @@ use std::time::Duration;
 use alluvium_actors::auth::JwtConfig;
 use serde::{Deserialize, Deserializer};
 
-/// Environment variables with the `ALLUVIUM_` prefix that are not configuration keys.
+/// Environment variables with the `ALLUVIUM_` prefix that are not configuration keys (besides
+/// `ALLUVIUM_TEST_*`, which belong to the test suite).
 const NOT_CONFIG: [&str; 4] = ["BOOTSTRAP_KEY", "LOG", "LOG_FORMAT", "CONFIG"];
 
 /// Errors of loading the configuration.
@@ -258,7 +259,7 @@ impl Config {
             let Some(rest) = name.strip_prefix("ALLUVIUM_") else {
                 continue;
             };
-            if NOT_CONFIG.contains(&rest) {
+            if NOT_CONFIG.contains(&rest) || rest.starts_with("TEST_") {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
@@ -275,7 +276,9 @@ impl Config {
 fn parse_env_value(raw: &str) -> toml::Value {
     match format!("v = {raw}").parse::<toml::Table>() {
         Ok(mut t) => match t.remove("v") {
-            Some(v @ (toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::Array(_))) => v,
+            Some(
+                v @ (toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::Array(_)),
+            ) => v,
             _ => toml::Value::String(raw.to_string()),
         },
         Err(_) => toml::Value::String(raw.to_string()),
@@ -343,7 +346,10 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/x"));
         assert_eq!(c.server.listen.port(), 9001);
         assert_eq!(c.server.body_limit, ByteSize(1 << 20));
-        assert_eq!(c.memtable.freeze_age, HumanDuration(Duration::from_millis(200)));
+        assert_eq!(
+            c.memtable.freeze_age,
+            HumanDuration(Duration::from_millis(200))
+        );
         assert_eq!(c.memtable.budget, ByteSize(2 << 30));
         assert_eq!(c.ingest.max_depth, 8);
     }

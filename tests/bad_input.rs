@@ -1,5 +1,7 @@
 //! Bad input gets a precise 4xx problem document and changes nothing.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
@@ -10,7 +12,13 @@ fn count(server: &Server) -> usize {
 }
 
 fn post(server: &Server, key: Option<&str>, table: &str, ctype: Option<&str>, body: &[u8]) -> Resp {
-    send("POST", &server.url(&format!("/v1/tables/{table}/events")), key, ctype, Some(body))
+    send(
+        "POST",
+        &server.url(&format!("/v1/tables/{table}/events")),
+        key,
+        ctype,
+        Some(body),
+    )
 }
 
 #[test]
@@ -27,13 +35,20 @@ fn bad_requests_are_refused_precisely_and_write_nothing() {
             {"name": "name", "type": "string"}
         ]}),
     );
-    assert_eq!(ingest(&server, ADMIN_KEY, "t", &json!({"id": 1})).status, 200);
+    assert_eq!(
+        ingest(&server, ADMIN_KEY, "t", &json!({"id": 1})).status,
+        200
+    );
     assert_eq!(count(&server), 1);
     let json_ct = Some("application/json");
 
     // Malformed JSON.
     let r = post(&server, Some(ADMIN_KEY), "t", json_ct, b"[{\"id\": 2},");
-    assert_eq!((r.status, r.code().as_str()), (400, "malformed_json"), "{r:?}");
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "malformed_json"),
+        "{r:?}"
+    );
     assert_eq!(r.header("content-type"), Some("application/problem+json"));
     assert_eq!(r.json()["status"], 400);
 
@@ -45,9 +60,16 @@ fn bad_requests_are_refused_precisely_and_write_nothing() {
         json_ct,
         br#"[{"id":2},{"id":3},{"id":"four"}]"#,
     );
-    assert_eq!((r.status, r.code().as_str()), (400, "type_mismatch"), "{r:?}");
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "type_mismatch"),
+        "{r:?}"
+    );
     let detail = r.json()["detail"].as_str().unwrap().to_string();
-    assert!(detail.contains("row 2") && detail.contains("\"id\""), "{detail}");
+    assert!(
+        detail.contains("row 2") && detail.contains("\"id\""),
+        "{detail}"
+    );
 
     // Missing required field, unknown field, bad timestamp, not an object, empty batch.
     for (body, code) in [
@@ -68,26 +90,65 @@ fn bad_requests_are_refused_precisely_and_write_nothing() {
 
     // Unknown table.
     let r = post(&server, Some(ADMIN_KEY), "nope", json_ct, br#"{"id":1}"#);
-    assert_eq!((r.status, r.code().as_str()), (404, "table_not_found"), "{r:?}");
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (404, "table_not_found"),
+        "{r:?}"
+    );
 
     // Missing and bad credentials.
     let r = post(&server, None, "t", json_ct, br#"{"id":1}"#);
-    assert_eq!((r.status, r.code().as_str()), (401, "unauthenticated"), "{r:?}");
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (401, "unauthenticated"),
+        "{r:?}"
+    );
     assert_eq!(r.header("www-authenticate"), Some("Bearer"));
-    let r = post(&server, Some("not-a-real-key-123456"), "t", json_ct, br#"{"id":1}"#);
+    let r = post(
+        &server,
+        Some("not-a-real-key-123456"),
+        "t",
+        json_ct,
+        br#"{"id":1}"#,
+    );
     assert_eq!(r.status, 401, "{r:?}");
-    let r = post(&server, Some("eyJhbGciOiJIUzI1NiJ9.eyJ0ZW5hbnQiOiJ4In0.c2ln"), "t", json_ct, br#"{"id":1}"#);
+    let r = post(
+        &server,
+        Some("eyJhbGciOiJIUzI1NiJ9.eyJ0ZW5hbnQiOiJ4In0.c2ln"),
+        "t",
+        json_ct,
+        br#"{"id":1}"#,
+    );
     assert_eq!(r.status, 401, "{r:?}");
 
     // Oversize body (limit 64 KiB here).
-    let big = format!("[{}]", vec![r#"{"id":1,"name":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#; 3000].join(","));
+    let big = format!(
+        "[{}]",
+        vec![r#"{"id":1,"name":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#; 3000].join(",")
+    );
     let r = post(&server, Some(ADMIN_KEY), "t", json_ct, big.as_bytes());
-    assert_eq!((r.status, r.code().as_str()), (413, "body_too_large"), "{r:?}");
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (413, "body_too_large"),
+        "{r:?}"
+    );
 
     // Hostile table names, on every route that takes one.
-    for name in ["..%2F..%2Fetc", "UPPER", "a.b", "a%20b", "x*", "%3E", &"a".repeat(129)] {
+    for name in [
+        "..%2F..%2Fetc",
+        "UPPER",
+        "a.b",
+        "a%20b",
+        "x*",
+        "%3E",
+        &"a".repeat(129),
+    ] {
         let r = post(&server, Some(ADMIN_KEY), name, json_ct, br#"{"id":1}"#);
-        assert_eq!((r.status, r.code().as_str()), (400, "invalid_name"), "{name}: {r:?}");
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "invalid_name"),
+            "{name}: {r:?}"
+        );
         let r = send(
             "PUT",
             &server.url(&format!("/v1/tables/{name}")),
@@ -105,8 +166,18 @@ fn bad_requests_are_refused_precisely_and_write_nothing() {
         br#"{"fields":[{"name":"a","type":"int64"}],"primary_key":["a"]}"#,
         br#"not json"#,
     ] {
-        let r = send("PUT", &server.url("/v1/tables/u"), Some(ADMIN_KEY), json_ct, Some(def));
-        assert_eq!((r.status, r.code().as_str()), (400, "invalid_schema"), "{r:?}");
+        let r = send(
+            "PUT",
+            &server.url("/v1/tables/u"),
+            Some(ADMIN_KEY),
+            json_ct,
+            Some(def),
+        );
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "invalid_schema"),
+            "{r:?}"
+        );
     }
     // A different definition for an existing table is a conflict.
     let r = send(
@@ -116,11 +187,25 @@ fn bad_requests_are_refused_precisely_and_write_nothing() {
         json_ct,
         Some(br#"{"fields":[{"name":"a","type":"int64"}]}"#),
     );
-    assert_eq!((r.status, r.code().as_str()), (409, "table_exists"), "{r:?}");
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (409, "table_exists"),
+        "{r:?}"
+    );
 
     // Bad query: unknown column.
-    let r = send("POST", &server.url("/v1/tables/t/query"), Some(ADMIN_KEY), json_ct, Some(br#"{"columns":["nope"]}"#));
-    assert_eq!((r.status, r.code().as_str()), (400, "unknown_column"), "{r:?}");
+    let r = send(
+        "POST",
+        &server.url("/v1/tables/t/query"),
+        Some(ADMIN_KEY),
+        json_ct,
+        Some(br#"{"columns":["nope"]}"#),
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "unknown_column"),
+        "{r:?}"
+    );
 
     // Unknown route.
     let r = send("GET", &server.url("/v2/whatever"), None, None, None);
@@ -128,7 +213,13 @@ fn bad_requests_are_refused_precisely_and_write_nothing() {
 
     // None of the above changed anything.
     assert_eq!(count(&server), 1);
-    let r = send("GET", &server.url("/v1/tables"), Some(ADMIN_KEY), None, None);
+    let r = send(
+        "GET",
+        &server.url("/v1/tables"),
+        Some(ADMIN_KEY),
+        None,
+        None,
+    );
     assert_eq!(r.json()["tables"].as_array().unwrap().len(), 1);
     assert!(!dir.path().join("tables/default/u").exists());
 }

@@ -5,6 +5,8 @@
 //! kill lands in the middle of them too. `ALLUVIUM_CRASH_CYCLES` sets the number of kill
 //! cycles (default 3).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::{HashMap, HashSet};
@@ -33,12 +35,20 @@ struct Oracle {
     unknown: HashSet<String>,
 }
 
-fn produce(base: String, producer: usize, cycle: usize, stop: Arc<AtomicBool>, oracle: Arc<Mutex<Oracle>>) {
+fn produce(
+    base: String,
+    producer: usize,
+    cycle: usize,
+    stop: Arc<AtomicBool>,
+    oracle: Arc<Mutex<Oracle>>,
+) {
     let mut n = 0usize;
     let mut rng = rand::rng();
     while !stop.load(Ordering::Relaxed) {
         let size = rng.random_range(1..=50);
-        let ids: Vec<String> = (0..size).map(|i| format!("c{cycle}-p{producer}-b{n}-{i}")).collect();
+        let ids: Vec<String> = (0..size)
+            .map(|i| format!("c{cycle}-p{producer}-b{n}-{i}"))
+            .collect();
         n += 1;
         let body: Vec<Value> = ids
             .iter()
@@ -111,17 +121,27 @@ fn kill9_during_ingest_loses_and_doubles_nothing() {
             h.join().unwrap();
         }
         let o = oracle.lock().unwrap();
-        eprintln!("cycle {cycle}: {} acknowledged, {} unknown so far", o.acked.len(), o.unknown.len());
+        eprintln!(
+            "cycle {cycle}: {} acknowledged, {} unknown so far",
+            o.acked.len(),
+            o.unknown.len()
+        );
     }
 
     let server = Server::start(dir.path(), &env);
     let rows = query_all(&server, ADMIN_KEY, "crash", &json!({"columns": ["id"]}));
     let mut counts: HashMap<String, usize> = HashMap::new();
     for r in &rows {
-        *counts.entry(r["id"].as_str().unwrap().to_string()).or_default() += 1;
+        *counts
+            .entry(r["id"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
     let o = oracle.lock().unwrap();
-    let lost: Vec<_> = o.acked.iter().filter(|id| !counts.contains_key(*id)).collect();
+    let lost: Vec<_> = o
+        .acked
+        .iter()
+        .filter(|id| !counts.contains_key(*id))
+        .collect();
     let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     let unexpected: Vec<_> = counts
         .keys()
@@ -135,10 +155,26 @@ fn kill9_during_ingest_loses_and_doubles_nothing() {
         doubled.len(),
         unexpected.len()
     );
-    assert!(o.acked.len() > 100, "the producers barely ran: {}", o.acked.len());
-    assert!(lost.is_empty(), "acknowledged events lost: {:?}", &lost[..lost.len().min(10)]);
-    assert!(doubled.is_empty(), "events stored twice: {:?}", &doubled[..doubled.len().min(10)]);
-    assert!(unexpected.is_empty(), "events never sent: {:?}", &unexpected[..unexpected.len().min(10)]);
+    assert!(
+        o.acked.len() > 100,
+        "the producers barely ran: {}",
+        o.acked.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged events lost: {:?}",
+        &lost[..lost.len().min(10)]
+    );
+    assert!(
+        doubled.is_empty(),
+        "events stored twice: {:?}",
+        &doubled[..doubled.len().min(10)]
+    );
+    assert!(
+        unexpected.is_empty(),
+        "events never sent: {:?}",
+        &unexpected[..unexpected.len().min(10)]
+    );
     // Flushes did happen during the run, so recovery crossed files and the WAL.
     assert!(!parquet_files(&dir.path().join("tables")).is_empty());
 }

@@ -1,6 +1,8 @@
 //! DuckDB and pyarrow, independent readers, open the Parquet files alluvium writes and agree
 //! with what was sent.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
@@ -40,7 +42,10 @@ fn duckdb_reads_flushed_files() {
                 })
             })
             .collect();
-        assert_eq!(ingest(&server, ADMIN_KEY, "metrics", &Value::Array(batch)).status, 200);
+        assert_eq!(
+            ingest(&server, ADMIN_KEY, "metrics", &Value::Array(batch)).status,
+            200
+        );
     }
     flush(&server, ADMIN_KEY, "metrics");
     let files = parquet_files(&dir.path().join("tables/default/metrics/data"));
@@ -64,7 +69,11 @@ print(json.dumps({"duckdb": [str(v) for v in row], "kv": kv, "codec": codec, "py
         .arg(glob.to_str().unwrap())
         .output()
         .unwrap();
-    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let d: Vec<String> = v["duckdb"]
         .as_array()
@@ -78,7 +87,10 @@ print(json.dumps({"duckdb": [str(v) for v in row], "kv": kv, "codec": codec, "py
     assert_eq!(d[2].parse::<f64>().unwrap(), sum_ids as f64 * 0.5);
     assert_eq!(d[3], "7");
     assert_eq!(d[4], (n / 2).to_string());
-    assert_eq!((d[5].as_str(), d[6].as_str()), ("1", n.to_string().as_str()));
+    assert_eq!(
+        (d[5].as_str(), d[6].as_str()),
+        ("1", n.to_string().as_str())
+    );
     assert_eq!(d[7], n.to_string());
     assert_eq!(d[8], "2026-11-25");
     assert_eq!(d[9], "3");

@@ -1,6 +1,8 @@
 //! End to end on the real binary: create a table, ingest in every body format, read back from
 //! memtables and from Parquet, restart, keys and JWTs.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
@@ -70,10 +72,18 @@ fn create_ingest_read_back_flush_and_restart() {
     assert_eq!(first["msg"], "hello");
     assert_eq!(first["ts"], "2026-11-25T10:00:00.000Z");
     assert_eq!(first["tags"], json!(["a"]));
-    assert!(first.get("_seq").is_none(), "hidden columns only on request");
+    assert!(
+        first.get("_seq").is_none(),
+        "hidden columns only on request"
+    );
 
     // Projection, limit and hidden columns.
-    let rows = query_all(&server, ADMIN_KEY, "events", &json!({"columns": ["id", "_seq"], "limit": 3}));
+    let rows = query_all(
+        &server,
+        ADMIN_KEY,
+        "events",
+        &json!({"columns": ["id", "_seq"], "limit": 3}),
+    );
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0].as_object().unwrap().len(), 2);
 
@@ -103,15 +113,29 @@ fn create_ingest_read_back_flush_and_restart() {
     assert_eq!(f["flushed"], true, "{f}");
     let files = parquet_files(&dir.path().join("tables/default/events/data"));
     assert!(files.len() >= 2, "expected day partitions, got {files:?}");
-    assert!(files.iter().any(|f| f.to_string_lossy().contains("/2026-11-25/")));
-    let after = query_all(&server, ADMIN_KEY, "events", &json!({"include_hidden": true}));
+    assert!(
+        files
+            .iter()
+            .any(|f| f.to_string_lossy().contains("/2026-11-25/"))
+    );
+    let after = query_all(
+        &server,
+        ADMIN_KEY,
+        "events",
+        &json!({"include_hidden": true}),
+    );
     assert_eq!(after.len(), 12);
     let mut seqs: Vec<u64> = after.iter().map(|r| r["_seq"].as_u64().unwrap()).collect();
     seqs.sort();
     assert_eq!(seqs, (1..=12).collect::<Vec<_>>());
 
     // More events after the flush live in the memtable; a restart replays them.
-    let r = ingest(&server, ADMIN_KEY, "events", &json!({"id": 13, "ts": 1_795_000_000_000i64}));
+    let r = ingest(
+        &server,
+        ADMIN_KEY,
+        "events",
+        &json!({"id": 13, "ts": 1_795_000_000_000i64}),
+    );
     assert_eq!(r.json()["first_seq"], 13);
     server.kill9();
     let server = Server::start(dir.path(), &[]);
@@ -120,15 +144,32 @@ fn create_ingest_read_back_flush_and_restart() {
     ids.sort();
     assert_eq!(ids, (1..=13).collect::<Vec<_>>());
     // Sequences continue after a restart.
-    let r = ingest(&server, ADMIN_KEY, "events", &json!({"id": 14, "ts": 1_795_000_000_000i64}));
+    let r = ingest(
+        &server,
+        ADMIN_KEY,
+        "events",
+        &json!({"id": 14, "ts": 1_795_000_000_000i64}),
+    );
     assert_eq!(r.json()["first_seq"], 14);
 
     // Table metadata.
-    let r = send("GET", &server.url("/v1/tables/events"), Some(ADMIN_KEY), None, None);
+    let r = send(
+        "GET",
+        &server.url("/v1/tables/events"),
+        Some(ADMIN_KEY),
+        None,
+        None,
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["schema_version"], 1);
     assert_eq!(r.json()["fields"].as_array().unwrap().len(), 5);
-    let r = send("GET", &server.url("/v1/tables"), Some(ADMIN_KEY), None, None);
+    let r = send(
+        "GET",
+        &server.url("/v1/tables"),
+        Some(ADMIN_KEY),
+        None,
+        None,
+    );
     assert_eq!(r.json()["tables"].as_array().unwrap().len(), 1);
 }
 
@@ -146,7 +187,11 @@ fn keys_scopes_tenants_and_jwt() {
             &server.url("/v1/keys"),
             Some(ADMIN_KEY),
             Some("application/json"),
-            Some(json!({"tenant": tenant, "scopes": scopes}).to_string().as_bytes()),
+            Some(
+                json!({"tenant": tenant, "scopes": scopes})
+                    .to_string()
+                    .as_bytes(),
+            ),
         );
         assert_eq!(r.status, 201, "{r:?}");
         r.json()["key"].as_str().unwrap().to_string()
@@ -155,14 +200,31 @@ fn keys_scopes_tenants_and_jwt() {
     let acme_ingest = mk("acme", json!(["ingest"]));
     let acme_query = mk("acme", json!(["query"]));
 
-    create_table(&server, &acme_admin, "clicks", &json!({"fields": [{"name": "n", "type": "int64"}]}));
-    assert_eq!(ingest(&server, &acme_ingest, "clicks", &json!({"n": 1})).status, 200);
+    create_table(
+        &server,
+        &acme_admin,
+        "clicks",
+        &json!({"fields": [{"name": "n", "type": "int64"}]}),
+    );
+    assert_eq!(
+        ingest(&server, &acme_ingest, "clicks", &json!({"n": 1})).status,
+        200
+    );
     // Ingest-only key cannot read; query-only key cannot write.
-    let r = send("POST", &server.url("/v1/tables/clicks/query"), Some(&acme_ingest), None, None);
+    let r = send(
+        "POST",
+        &server.url("/v1/tables/clicks/query"),
+        Some(&acme_ingest),
+        None,
+        None,
+    );
     assert_eq!((r.status, r.code().as_str()), (403, "forbidden"));
     let r = ingest(&server, &acme_query, "clicks", &json!({"n": 2}));
     assert_eq!((r.status, r.code().as_str()), (403, "forbidden"));
-    assert_eq!(query_all(&server, &acme_query, "clicks", &json!({})).len(), 1);
+    assert_eq!(
+        query_all(&server, &acme_query, "clicks", &json!({})).len(),
+        1
+    );
     // Tenants are isolated: the default tenant has no table "clicks".
     let r = ingest(&server, ADMIN_KEY, "clicks", &json!({"n": 3}));
     assert_eq!((r.status, r.code().as_str()), (404, "table_not_found"));
@@ -178,13 +240,29 @@ fn keys_scopes_tenants_and_jwt() {
 
     // A JWT minted by the CLI authenticates as acme.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_alluvium"))
-        .args(["token", "mint", "--tenant", "acme", "--scopes", "ingest,query", "--ttl", "10m"])
+        .args([
+            "token",
+            "mint",
+            "--tenant",
+            "acme",
+            "--scopes",
+            "ingest,query",
+            "--ttl",
+            "10m",
+        ])
         .env("ALLUVIUM_AUTH__JWT__HS256_SECRET", secret)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert_eq!(ingest(&server, &token, "clicks", &json!({"n": 4})).status, 200);
+    assert_eq!(
+        ingest(&server, &token, "clicks", &json!({"n": 4})).status,
+        200
+    );
     assert_eq!(query_all(&server, &token, "clicks", &json!({})).len(), 2);
     // X-API-Key works too.
     let r = try_send(
@@ -199,9 +277,16 @@ fn keys_scopes_tenants_and_jwt() {
     assert_eq!(r.status, 200);
 
     // Health and metrics need no credential.
-    assert_eq!(send("GET", &server.url("/healthz"), None, None, None).status, 200);
+    assert_eq!(
+        send("GET", &server.url("/healthz"), None, None, None).status,
+        200
+    );
     let m = send("GET", &server.url("/metrics"), None, None, None);
-    assert!(m.body.contains("alluvium_ingest_events_total 2"), "{}", m.body);
+    assert!(
+        m.body.contains("alluvium_ingest_events_total 2"),
+        "{}",
+        m.body
+    );
 }
 
 #[test]

@@ -92,7 +92,12 @@ impl Subjects {
     }
 
     /// `{prefix}.events.{tenant}.{table}.{kind}`
-    pub fn events(&self, tenant: &str, table: &str, kind: CommitKind) -> Result<String, SubjectError> {
+    pub fn events(
+        &self,
+        tenant: &str,
+        table: &str,
+        kind: CommitKind,
+    ) -> Result<String, SubjectError> {
         validate_token(tenant)?;
         validate_token(table)?;
         Ok(format!("{}.events.{tenant}.{table}.{kind}", self.prefix))
@@ -107,7 +112,9 @@ impl Subjects {
 
     /// Splits an ingest subject into (tenant, table); `None` if it is not one.
     pub fn parse_ingest<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str)> {
-        let rest = subject.strip_prefix(self.prefix.as_str())?.strip_prefix(".ingest.")?;
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".ingest.")?;
         let (tenant, table) = rest.split_once('.')?;
         (validate_token(tenant).is_ok() && validate_token(table).is_ok()).then_some((tenant, table))
     }
@@ -135,7 +142,17 @@ mod tests {
     #[test]
     fn rejects_hostile_tokens() {
         let s = Subjects::new("alluvium").unwrap();
-        for bad in ["", "a.b", "*", ">", "a b", "a\tb", "a\r\nPUB x", "\u{0}", &"x".repeat(129)] {
+        for bad in [
+            "",
+            "a.b",
+            "*",
+            ">",
+            "a b",
+            "a\tb",
+            "a\r\nPUB x",
+            "\u{0}",
+            &"x".repeat(129),
+        ] {
             assert!(s.ingest(bad, "t").is_err(), "{bad:?}");
             assert!(s.rejects("t", bad).is_err(), "{bad:?}");
         }

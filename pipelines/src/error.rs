@@ -31,7 +31,9 @@ pub enum PipelineError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     /// Memtables are at their byte budget: retry after the delay.
-    #[error("ingest is paused: memtables hold {held} bytes of a {budget} byte budget while flushes catch up")]
+    #[error(
+        "ingest is paused: memtables hold {held} bytes of a {budget} byte budget while flushes catch up"
+    )]
     Overloaded {
         /// Bytes held.
         held: usize,

@@ -8,7 +8,9 @@ use alluvium_actors::ids::{TableName, TableRef, TenantId};
 use alluvium_actors::memtable::messages::FlushTable;
 use alluvium_actors::row::encoded_len;
 use alluvium_actors::schema::TableSchema;
-use alluvium_actors::schema::messages::{CreateTable, Created, GetTable, ListTables, TableInfo, Validate};
+use alluvium_actors::schema::messages::{
+    CreateTable, Created, GetTable, ListTables, TableInfo, Validate,
+};
 use alluvium_actors::schema::translate::BodyFormat;
 use alluvium_actors::wal::messages::Append;
 use bytes::Bytes;
@@ -44,7 +46,10 @@ impl Node {
     }
 
     fn table_ref(principal: &Principal, table: &str) -> Result<TableRef, PipelineError> {
-        Ok(TableRef::new(principal.tenant.clone(), TableName::new(table)?))
+        Ok(TableRef::new(
+            principal.tenant.clone(),
+            TableName::new(table)?,
+        ))
     }
 
     /// Validates a batch against the table's schema and makes it durable; the whole batch or
@@ -104,7 +109,11 @@ impl Node {
     }
 
     /// Looks up a table of the principal's tenant (`query` scope).
-    pub async fn table(&self, principal: &Principal, table: &str) -> Result<TableInfo, PipelineError> {
+    pub async fn table(
+        &self,
+        principal: &Principal,
+        table: &str,
+    ) -> Result<TableInfo, PipelineError> {
         principal.require(Scope::Query)?;
         let table = Self::table_ref(principal, table)?;
         self.schema
@@ -132,10 +141,17 @@ impl Node {
 
     /// Flushes a table's memtables to Parquet now and waits for the commit (`admin` scope).
     /// Returns the catalog version that includes them, if anything was flushed.
-    pub async fn flush(&self, principal: &Principal, table: &str) -> Result<Option<u64>, PipelineError> {
+    pub async fn flush(
+        &self,
+        principal: &Principal,
+        table: &str,
+    ) -> Result<Option<u64>, PipelineError> {
         principal.require(Scope::Admin)?;
         let info = self.table(principal, table).await?;
-        let state = self.memtable.send(FlushTable { table: info.table }).await??;
+        let state = self
+            .memtable
+            .send(FlushTable { table: info.table })
+            .await??;
         Ok(state.map(|s| s.version))
     }
 

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Addr, Supervisor};
-use alluvium_actors::auth::{self, AuthActor, Authenticator, Bootstrap, JwtConfig, JwtVerifier, KeyStore};
+use alluvium_actors::auth::{
+    self, AuthActor, Authenticator, Bootstrap, JwtConfig, JwtVerifier, KeyStore,
+};
 use alluvium_actors::catalog::{self, CatalogActor, CatalogState};
 use alluvium_actors::flush::FlushActor;
 use alluvium_actors::ids::{Seq, TableRef};
@@ -75,7 +77,12 @@ impl Node {
         let state = catalog::log::load_from(&storage, CatalogState::default())
             .await
             .map_err(|e| PipelineError::Unavailable(e.to_string()))?;
-        tracing::info!(version = state.version, tables = state.tables.len(), store = storage.description(), "catalog loaded");
+        tracing::info!(
+            version = state.version,
+            tables = state.tables.len(),
+            store = storage.description(),
+            "catalog loaded"
+        );
         let state = Arc::new(state);
 
         let catalog_actor = CatalogActor::new(storage.clone(), state.clone());
@@ -94,7 +101,8 @@ impl Node {
         let memtable = Supervisor::start(move |_| memtables);
         let wal_memtable = memtable.clone().recipient();
         let wal_catalog = catalog.clone();
-        let wal = Supervisor::start(move |_| WalActor::new(wal, next_seq, wal_memtable, wal_catalog));
+        let wal =
+            Supervisor::start(move |_| WalActor::new(wal, next_seq, wal_memtable, wal_catalog));
 
         let schema_actor = SchemaActor::new(&state, catalog.clone(), config.batch_limits);
         let schema = Supervisor::start(move |_| schema_actor);

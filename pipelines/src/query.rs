@@ -11,7 +11,9 @@ use alluvium_actors::auth::{Principal, Scope};
 use alluvium_actors::catalog::messages::Snapshot;
 use alluvium_actors::memtable::messages::Read;
 use alluvium_actors::schema::TableSchema;
-use alluvium_actors::schema::arrow::{INGESTED_AT_COLUMN, OP_COLUMN, RowRef, SEQ_COLUMN, rows_to_batch};
+use alluvium_actors::schema::arrow::{
+    INGESTED_AT_COLUMN, OP_COLUMN, RowRef, SEQ_COLUMN, rows_to_batch,
+};
 use alluvium_actors::storage::parquet::decode;
 use arrow::array::RecordBatch;
 use object_store::path::Path as ObjectPath;
@@ -76,9 +78,9 @@ fn project(batch: &RecordBatch, cols: &[String]) -> Result<RecordBatch, Pipeline
                 .map_err(|_| PipelineError::UnknownColumn(c.clone()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    batch.project(&indices).map_err(|e| {
-        PipelineError::Unavailable(format!("cannot project query columns: {e}"))
-    })
+    batch
+        .project(&indices)
+        .map_err(|e| PipelineError::Unavailable(format!("cannot project query columns: {e}")))
 }
 
 impl Node {
@@ -94,7 +96,12 @@ impl Node {
         let cols = columns(&info.schema, &req)?;
         let limit = req.limit.unwrap_or(usize::MAX);
 
-        let mem = self.memtable.send(Read { table: info.table.clone() }).await?;
+        let mem = self
+            .memtable
+            .send(Read {
+                table: info.table.clone(),
+            })
+            .await?;
         let state = self.catalog.send(Snapshot).await?;
         let (files, committed) = match state.table(&info.table) {
             Some(e) => (e.files.clone(), e.committed_seq),
@@ -107,12 +114,17 @@ impl Node {
             if rows >= limit {
                 break;
             }
-            let bytes = self.storage.get(&ObjectPath::from(file.path.as_str())).await?;
+            let bytes = self
+                .storage
+                .get(&ObjectPath::from(file.path.as_str()))
+                .await?;
             let path = file.path.clone();
             let want = cols.clone();
             let decoded = tokio::task::spawn_blocking(move || decode(bytes, Some(&want), &path))
                 .await
-                .map_err(|e| PipelineError::Unavailable(format!("file decoding task failed: {e}")))??;
+                .map_err(|e| {
+                    PipelineError::Unavailable(format!("file decoding task failed: {e}"))
+                })??;
             for b in decoded {
                 rows = push_limited(&mut batches, project(&b, &cols)?, rows, limit);
             }
@@ -122,31 +134,33 @@ impl Node {
             let schema: Arc<TableSchema> = info.schema.clone();
             let cols2 = cols.clone();
             let want = limit - rows;
-            let batch = tokio::task::spawn_blocking(move || -> Result<Option<RecordBatch>, PipelineError> {
-                // Skiplist entries keep their rows alive: borrow them instead of copying.
-                let mut entries = Vec::new();
-                for m in &mem.memtables {
-                    for e in m.iter() {
-                        let seq = e.key().seq;
-                        if seq > committed && seq <= mem.upto && entries.len() < want {
-                            entries.push(e);
+            let batch = tokio::task::spawn_blocking(
+                move || -> Result<Option<RecordBatch>, PipelineError> {
+                    // Skiplist entries keep their rows alive: borrow them instead of copying.
+                    let mut entries = Vec::new();
+                    for m in &mem.memtables {
+                        for e in m.iter() {
+                            let seq = e.key().seq;
+                            if seq > committed && seq <= mem.upto && entries.len() < want {
+                                entries.push(e);
+                            }
                         }
                     }
-                }
-                if entries.is_empty() {
-                    return Ok(None);
-                }
-                let row_refs: Vec<RowRef<'_>> = entries
-                    .iter()
-                    .map(|e| RowRef {
-                        seq: e.key().seq,
-                        ingested_at_us: e.value().ingested_at_us,
-                        row: &e.value().row,
-                    })
-                    .collect();
-                let batch = rows_to_batch(&schema, &row_refs)?;
-                Ok(Some(project(&batch, &cols2)?))
-            })
+                    if entries.is_empty() {
+                        return Ok(None);
+                    }
+                    let row_refs: Vec<RowRef<'_>> = entries
+                        .iter()
+                        .map(|e| RowRef {
+                            seq: e.key().seq,
+                            ingested_at_us: e.value().ingested_at_us,
+                            row: &e.value().row,
+                        })
+                        .collect();
+                    let batch = rows_to_batch(&schema, &row_refs)?;
+                    Ok(Some(project(&batch, &cols2)?))
+                },
+            )
             .await
             .map_err(|e| PipelineError::Unavailable(format!("memtable read task failed: {e}")))??;
             if let Some(b) = batch {
@@ -160,7 +174,12 @@ impl Node {
     }
 }
 
-fn push_limited(batches: &mut Vec<RecordBatch>, batch: RecordBatch, rows: usize, limit: usize) -> usize {
+fn push_limited(
+    batches: &mut Vec<RecordBatch>,
+    batch: RecordBatch,
+    rows: usize,
+    limit: usize,
+) -> usize {
     let room = limit.saturating_sub(rows);
     let take = batch.num_rows().min(room);
     if take > 0 {

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeSet;
 
-use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderMap};
 use actix_web::{HttpRequest, HttpResponse, web};
 use alluvium_actors::auth::{Principal, Scope};
 use alluvium_actors::ids::TenantId;
@@ -81,7 +81,13 @@ fn mime(req: &HttpRequest) -> String {
     req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default()
 }
 
@@ -96,7 +102,9 @@ pub async fn healthz() -> HttpResponse {
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     // The node accepts requests once recovery finished, which happens before the server binds.
     let _ = state;
-    HttpResponse::Ok().content_type("text/plain").body("ready\n")
+    HttpResponse::Ok()
+        .content_type("text/plain")
+        .body("ready\n")
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
@@ -106,7 +114,11 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 }
 
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse> {
-    Err(ApiError::NotFound(format!("{} {}", req.method(), req.path())))
+    Err(ApiError::NotFound(format!(
+        "{} {}",
+        req.method(),
+        req.path()
+    )))
 }
 
 pub async fn ingest(
@@ -216,7 +228,9 @@ pub async fn query(
             .headers()
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("application/x-ndjson") || v.contains("application/ndjson"));
+            .is_some_and(|v| {
+                v.contains("application/x-ndjson") || v.contains("application/ndjson")
+            });
         let result = state.node.query(&principal, &table, request).await?;
         let out = web::block(move || -> std::result::Result<Vec<u8>, String> {
             let mut out = Vec::new();

@@ -45,7 +45,10 @@ fn parse_version(path: &ObjectPath) -> Option<u64> {
 
 /// Replays the log from `from` (exclusive: a state at version `from.version`) up to the newest
 /// commit.
-pub async fn load_from(storage: &Storage, from: CatalogState) -> Result<CatalogState, CatalogError> {
+pub async fn load_from(
+    storage: &Storage,
+    from: CatalogState,
+) -> Result<CatalogState, CatalogError> {
     let mut versions: Vec<(u64, ObjectPath)> = storage
         .list(&ObjectPath::from(LOG_PREFIX))
         .await?
@@ -112,7 +115,10 @@ pub async fn try_commit(
         actions: actions.to_vec(),
     };
     let bytes = serde_json::to_vec(&record).map_err(|e| CatalogError::Encode(e.to_string()))?;
-    match storage.put_new(&commit_path(version), Bytes::from(bytes)).await? {
+    match storage
+        .put_new(&commit_path(version), Bytes::from(bytes))
+        .await?
+    {
         PutOutcome::Created => Ok(Some(next)),
         PutOutcome::AlreadyExists => Ok(None),
     }
@@ -133,7 +139,10 @@ pub async fn commit(
         if let Some(next) = try_commit(storage, &state, operation, actions).await? {
             return Ok(std::sync::Arc::new(next));
         }
-        tracing::info!(version = state.version + 1, "catalog version taken by another writer, reloading");
+        tracing::info!(
+            version = state.version + 1,
+            "catalog version taken by another writer, reloading"
+        );
         state = std::sync::Arc::new(load_from(storage, (*state).clone()).await?);
     }
     Err(CatalogError::Conflict(format!(
@@ -148,7 +157,10 @@ mod tests {
     use crate::ids::{TableName, TableRef, TenantId};
 
     fn t(name: &str) -> TableRef {
-        TableRef::new(TenantId::new("acme").unwrap(), TableName::new(name).unwrap())
+        TableRef::new(
+            TenantId::new("acme").unwrap(),
+            TableName::new(name).unwrap(),
+        )
     }
 
     fn create(name: &str) -> Action {
@@ -168,10 +180,12 @@ mod tests {
             .unwrap()
             .unwrap();
         // A second writer still at version 0 loses the race for version 1.
-        assert!(try_commit(&storage, &s0, "create_table", &[create("b")])
-            .await
-            .unwrap()
-            .is_none());
+        assert!(
+            try_commit(&storage, &s0, "create_table", &[create("b")])
+                .await
+                .unwrap()
+                .is_none()
+        );
         let s2 = try_commit(&storage, &s1, "create_table", &[create("b")])
             .await
             .unwrap()
@@ -180,9 +194,14 @@ mod tests {
         assert_eq!(loaded, s2);
         assert_eq!(loaded.version, 2);
         // A stale writer's commit() reloads, re-validates (table c is new) and lands at 3.
-        let s3 = commit(&storage, std::sync::Arc::new(s1), "create_table", &[create("c")])
-            .await
-            .unwrap();
+        let s3 = commit(
+            &storage,
+            std::sync::Arc::new(s1),
+            "create_table",
+            &[create("c")],
+        )
+        .await
+        .unwrap();
         assert_eq!(s3.version, 3);
         assert_eq!(s3.tables.len(), 3);
         // ...and a stale writer re-creating an existing table gets a clean error.
@@ -201,13 +220,20 @@ mod tests {
             .put(&commit_path(2), Bytes::from_static(b"{}"))
             .await
             .unwrap();
-        let err = load_from(&storage, CatalogState::default()).await.unwrap_err();
+        let err = load_from(&storage, CatalogState::default())
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
         storage
             .put(&commit_path(1), Bytes::from_static(b"not json"))
             .await
             .unwrap();
-        let err = load_from(&storage, CatalogState::default()).await.unwrap_err();
-        assert!(err.to_string().contains("00000000000000000001.json"), "{err}");
+        let err = load_from(&storage, CatalogState::default())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("00000000000000000001.json"),
+            "{err}"
+        );
     }
 }

@@ -22,7 +22,9 @@ pub enum CatalogError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     /// A stored commit cannot be read or applied.
-    #[error("catalog commit {path} is corrupt: {reason}; the catalog refuses to load rather than guess (restore the file from a backup)")]
+    #[error(
+        "catalog commit {path} is corrupt: {reason}; the catalog refuses to load rather than guess (restore the file from a backup)"
+    )]
     Corrupt {
         /// The commit file.
         path: String,

@@ -163,7 +163,10 @@ mod tests {
     use crate::ids::{TableName, TenantId};
 
     fn t() -> TableRef {
-        TableRef::new(TenantId::new("acme").unwrap(), TableName::new("ev").unwrap())
+        TableRef::new(
+            TenantId::new("acme").unwrap(),
+            TableName::new("ev").unwrap(),
+        )
     }
 
     fn schema() -> TableSchema {
@@ -174,16 +177,39 @@ mod tests {
     fn apply_is_validated_and_pure() {
         let s0 = CatalogState::default();
         let s1 = s0
-            .apply(1, &[Action::CreateTable { table: t(), schema: schema() }])
+            .apply(
+                1,
+                &[Action::CreateTable {
+                    table: t(),
+                    schema: schema(),
+                }],
+            )
             .unwrap();
         assert!(s0.tables.is_empty());
         assert!(matches!(
-            s1.apply(2, &[Action::CreateTable { table: t(), schema: schema() }]),
+            s1.apply(
+                2,
+                &[Action::CreateTable {
+                    table: t(),
+                    schema: schema()
+                }]
+            ),
             Err(CatalogError::TableExists(_))
         ));
-        let s2 = s1.apply(2, &[Action::CommittedSeq { table: t(), seq: 10 }]).unwrap();
+        let s2 = s1
+            .apply(
+                2,
+                &[Action::CommittedSeq {
+                    table: t(),
+                    seq: 10,
+                }],
+            )
+            .unwrap();
         assert_eq!(s2.table(&t()).unwrap().committed_seq, 10);
         assert_eq!(s1.table(&t()).unwrap().committed_seq, 0);
-        assert!(s2.apply(3, &[Action::CommittedSeq { table: t(), seq: 9 }]).is_err());
+        assert!(
+            s2.apply(3, &[Action::CommittedSeq { table: t(), seq: 9 }])
+                .is_err()
+        );
     }
 }

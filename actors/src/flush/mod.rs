@@ -79,7 +79,10 @@ pub fn build_files(
     memtable: &Memtable,
 ) -> Result<Vec<(DataFile, Bytes)>, FlushError> {
     let schema = memtable.schema();
-    let time_idx = schema.time_column.as_deref().and_then(|c| schema.index_of(c));
+    let time_idx = schema
+        .time_column
+        .as_deref()
+        .and_then(|c| schema.index_of(c));
     let partitioned = schema.partition_by != PartitionBy::None;
     let mut parts: BTreeMap<String, Vec<RowRef<'_>>> = BTreeMap::new();
     // Rows borrow from the skiplist entries held here, so nothing is copied before encoding.
@@ -106,8 +109,11 @@ pub fn build_files(
         let min_seq = rows.iter().map(|r| r.seq).min().unwrap_or(0);
         let max_seq = rows.iter().map(|r| r.seq).max().unwrap_or(0);
         let times = || {
-            rows.iter()
-                .filter_map(|r| time_idx.and_then(|i| r.row.values.get(i)).and_then(time_value))
+            rows.iter().filter_map(|r| {
+                time_idx
+                    .and_then(|i| r.row.values.get(i))
+                    .and_then(time_value)
+            })
         };
         let batch = rows_to_batch(schema, &rows).map_err(|e| FlushError::Encode(e.to_string()))?;
         let bytes = encode(

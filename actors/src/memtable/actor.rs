@@ -181,7 +181,11 @@ impl MemtableActor {
         let age = self.config.freeze_age;
         let mut due = Vec::new();
         for (table, mems) in &mut self.tables {
-            if mems.active.as_ref().is_some_and(|m| !m.is_empty() && m.age() >= age) {
+            if mems
+                .active
+                .as_ref()
+                .is_some_and(|m| !m.is_empty() && m.age() >= age)
+            {
                 Self::freeze(mems);
             }
             if !mems.frozen.is_empty() && !mems.flushing && mems.failures == 0 {
@@ -199,7 +203,8 @@ impl Actor for MemtableActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-        let every = (self.config.freeze_age / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let every =
+            (self.config.freeze_age / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         ctx.run_interval(every, |act, ctx| act.tick(ctx));
         // Replayed rows may already be due.
         self.tick(ctx);
@@ -247,7 +252,12 @@ impl Handler<Read> for MemtableActor {
             return MemSnapshot::default();
         };
         MemSnapshot {
-            memtables: mems.frozen.iter().chain(mems.active.iter()).cloned().collect(),
+            memtables: mems
+                .frozen
+                .iter()
+                .chain(mems.active.iter())
+                .cloned()
+                .collect(),
             upto: mems.upto,
         }
     }

@@ -51,7 +51,7 @@ pub struct Read {
 
 /// A table's memtables (oldest first) and the highest sequence visible in them. Rows with a
 /// higher sequence arriving later are not part of the snapshot.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, actix::MessageResponse)]
 pub struct MemSnapshot {
     /// Frozen memtables oldest first, then the active one.
     pub memtables: Vec<Arc<Memtable>>,

@@ -105,7 +105,13 @@ impl Memtable {
             }
         }
         let size = row.approx_size() + sort.len() + 64;
-        self.rows.insert(MemKey { sort, seq }, MemRow { ingested_at_us, row });
+        self.rows.insert(
+            MemKey { sort, seq },
+            MemRow {
+                ingested_at_us,
+                row,
+            },
+        );
         self.bytes.fetch_add(size, Ordering::Relaxed);
         self.min_seq.fetch_min(seq, Ordering::Relaxed);
         self.max_seq.fetch_max(seq, Ordering::Release);

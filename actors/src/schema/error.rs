@@ -261,6 +261,9 @@ pub enum SchemaError {
     /// Arrow refused to build a batch.
     #[error("arrow error: {0}")]
     Arrow(String),
+    /// The catalog could not record a table change (503).
+    #[error("cannot record the table in the catalog: {0}")]
+    Catalog(String),
 }
 
 impl SchemaError {
@@ -286,6 +289,7 @@ impl SchemaError {
             SchemaError::InvalidRow { .. } => "invalid_row",
             SchemaError::UnsupportedColumn { .. } => "unsupported_column",
             SchemaError::Arrow(_) => "arrow_error",
+            SchemaError::Catalog(_) => "catalog_unavailable",
         }
     }
 
@@ -297,6 +301,7 @@ impl SchemaError {
             SchemaError::InvalidRow { .. }
                 | SchemaError::UnsupportedColumn { .. }
                 | SchemaError::Arrow(_)
+                | SchemaError::Catalog(_)
         )
     }
 }

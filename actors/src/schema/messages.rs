@@ -6,9 +6,9 @@ use std::sync::Arc;
 use actix::Message;
 use bytes::Bytes;
 
+use super::TableSchema;
 use super::error::SchemaError;
 use super::translate::BodyFormat;
-use super::TableSchema;
 use crate::ids::{TableRef, TenantId};
 use crate::row::Row;
 

@@ -1,8 +1,10 @@
 //! Table schemas: definitions, the registry of versions per table, and the translation of JSON
 //! batches into typed rows and of rows into Arrow record batches.
 
+pub mod actor;
 pub mod arrow;
 pub mod error;
+pub mod messages;
 pub mod translate;
 pub mod types;
 

@@ -124,12 +124,20 @@ impl Storage {
 
     /// Writes `bytes` at `path` only if nothing is there yet (a conditional put), so that of
     /// concurrent writers exactly one wins.
-    pub async fn put_new(&self, path: &ObjectPath, bytes: Bytes) -> Result<PutOutcome, StorageError> {
+    pub async fn put_new(
+        &self,
+        path: &ObjectPath,
+        bytes: Bytes,
+    ) -> Result<PutOutcome, StorageError> {
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
         };
-        match self.store.put_opts(path, PutPayload::from(bytes), opts).await {
+        match self
+            .store
+            .put_opts(path, PutPayload::from(bytes), opts)
+            .await
+        {
             Ok(_) => Ok(PutOutcome::Created),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::AlreadyExists),
             Err(source) => Err(Self::err(path)(source)),
@@ -182,6 +190,11 @@ mod tests {
         assert_eq!(s.list(&ObjectPath::from("catalog")).await.unwrap().len(), 1);
         s.delete(&p).await.unwrap();
         s.delete(&p).await.unwrap();
-        assert!(s.list(&ObjectPath::from("catalog")).await.unwrap().is_empty());
+        assert!(
+            s.list(&ObjectPath::from("catalog"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }

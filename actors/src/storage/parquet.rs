@@ -64,10 +64,7 @@ pub fn encode(batch: &RecordBatch, opts: &FileOptions) -> Result<Bytes, StorageE
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_key_value_metadata(Some(vec![
             KeyValue::new(meta::TABLE.into(), opts.table.clone()),
-            KeyValue::new(
-                meta::SCHEMA_VERSION.into(),
-                opts.schema_version.to_string(),
-            ),
+            KeyValue::new(meta::SCHEMA_VERSION.into(), opts.schema_version.to_string()),
             KeyValue::new(meta::MIN_SEQ.into(), opts.seq_range.0.to_string()),
             KeyValue::new(meta::MAX_SEQ.into(), opts.seq_range.1.to_string()),
         ]))
@@ -167,8 +164,15 @@ mod tests {
         assert_eq!(only[0].schema().field(0).name(), "msg");
 
         let meta = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
-        let kv = meta.metadata().file_metadata().key_value_metadata().unwrap();
-        assert!(kv.iter().any(|k| k.key == meta::MAX_SEQ && k.value.as_deref() == Some("7")));
+        let kv = meta
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .unwrap();
+        assert!(
+            kv.iter()
+                .any(|k| k.key == meta::MAX_SEQ && k.value.as_deref() == Some("7"))
+        );
     }
 
     #[test]

@@ -169,33 +169,40 @@ impl WalActor {
             return;
         }
         let snapshot = self.catalog.send(Snapshot);
-        ctx.spawn(snapshot.into_actor(self).then(|state, act, _ctx| {
-            let (Ok(state), Some(mut wal)) = (state, act.wal.take()) else {
-                return actix::fut::ready(()).boxed_local();
-            };
-            let committed = state.committed_seqs();
-            tokio::task::spawn_blocking(move || {
-                let res = wal.checkpoint(&committed);
-                (wal, res)
-            })
-            .into_actor(act)
-            .map(|joined, act, _| match joined {
-                Ok((wal, res)) => {
-                    act.wal = Some(wal);
-                    match res {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(segments = n, "wal segments deleted after flush"),
-                        Err(e) => tracing::warn!(error = %e, "wal checkpoint failed"),
-                    }
-                }
-                Err(e) => {
-                    act.poisoned = Some(WalError::Poisoned {
-                        cause: format!("wal checkpoint panicked: {e}"),
-                    });
-                }
-            })
-            .boxed_local()
-        }).map(|(), act, ctx| act.start_commit(ctx)));
+        ctx.spawn(
+            snapshot
+                .into_actor(self)
+                .then(|state, act, _ctx| {
+                    let (Ok(state), Some(mut wal)) = (state, act.wal.take()) else {
+                        return actix::fut::ready(()).boxed_local();
+                    };
+                    let committed = state.committed_seqs();
+                    tokio::task::spawn_blocking(move || {
+                        let res = wal.checkpoint(&committed);
+                        (wal, res)
+                    })
+                    .into_actor(act)
+                    .map(|joined, act, _| match joined {
+                        Ok((wal, res)) => {
+                            act.wal = Some(wal);
+                            match res {
+                                Ok(0) => {}
+                                Ok(n) => {
+                                    tracing::info!(segments = n, "wal segments deleted after flush")
+                                }
+                                Err(e) => tracing::warn!(error = %e, "wal checkpoint failed"),
+                            }
+                        }
+                        Err(e) => {
+                            act.poisoned = Some(WalError::Poisoned {
+                                cause: format!("wal checkpoint panicked: {e}"),
+                            });
+                        }
+                    })
+                    .boxed_local()
+                })
+                .map(|(), act, ctx| act.start_commit(ctx)),
+        );
     }
 }
 
