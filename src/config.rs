@@ -363,6 +363,14 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_config_loads() {
+        let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("deployments/standalone/alluvium.toml");
+        let c = Config::load(Some(&f), Vec::new()).unwrap();
+        assert_eq!(c.server.listen.port(), 8080);
+        assert_eq!(c.memtable.budget, ByteSize(2 << 30));
+    }
+
+    #[test]
     fn sizes_and_durations_parse() {
         assert_eq!("64MiB".parse::<ByteSize>().unwrap(), ByteSize(64 << 20));
         assert_eq!("10 kb".parse::<ByteSize>().unwrap(), ByteSize(10_000));

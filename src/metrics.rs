@@ -84,6 +84,19 @@ impl Metrics {
             "Total time spent answering ingest requests.",
             &[("", load(&c.ingest_micros))],
         );
+        let wal = node.wal_stats();
+        metric(
+            "alluvium_wal_commit_groups_total",
+            "counter",
+            "WAL commit groups written, each ending with one fdatasync.",
+            &[("", load(&wal.groups))],
+        );
+        metric(
+            "alluvium_wal_records_total",
+            "counter",
+            "WAL records (one per accepted request) made durable.",
+            &[("", load(&wal.records))],
+        );
         metric(
             "alluvium_memtable_bytes",
             "gauge",

@@ -1,5 +1,6 @@
 //! `alluvium serve`: recover, start the node's actors, serve HTTP until stopped.
 
+use actix_web::dev::Service as _;
 use actix_web::{App, HttpServer, web};
 use alluvium_actors::auth::Bootstrap;
 use alluvium_actors::memtable::MemtableConfig;
@@ -7,6 +8,7 @@ use alluvium_actors::schema::translate::BatchLimits;
 use alluvium_actors::wal::WalConfig;
 use alluvium_pipelines::{Node, NodeConfig};
 use anyhow::Context as _;
+use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::http::{AppState, routes};
@@ -66,6 +68,24 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             App::new()
                 .app_data(web::Data::new(state.clone()))
                 .configure(routes)
+                .wrap_fn(|req, srv| {
+                    // One span per request; the outcome is logged at debug level.
+                    let span = tracing::info_span!("http", method = %req.method(), path = %req.path());
+                    let started = std::time::Instant::now();
+                    let fut = srv.call(req);
+                    async move {
+                        let res = fut.await;
+                        if let Ok(r) = &res {
+                            tracing::debug!(
+                                status = r.status().as_u16(),
+                                micros = started.elapsed().as_micros() as u64,
+                                "request done"
+                            );
+                        }
+                        res
+                    }
+                    .instrument(span)
+                })
         });
         if config.server.workers > 0 {
             server = server.workers(config.server.workers);

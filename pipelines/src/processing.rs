@@ -20,7 +20,7 @@ use alluvium_actors::memtable::{MemoryGauge, MemtableActor, MemtableConfig};
 use alluvium_actors::schema::actor::SchemaActor;
 use alluvium_actors::schema::translate::BatchLimits;
 use alluvium_actors::storage::Storage;
-use alluvium_actors::wal::actor::WalActor;
+use alluvium_actors::wal::actor::{WalActor, WalStats};
 use alluvium_actors::wal::{Wal, WalConfig, WalError};
 
 use crate::PipelineError;
@@ -55,6 +55,7 @@ pub struct Node {
     pub(crate) catalog: Addr<CatalogActor>,
     pub(crate) storage: Storage,
     pub(crate) gauge: MemoryGauge,
+    pub(crate) wal_stats: Arc<WalStats>,
     pub(crate) memory_budget: usize,
     pub(crate) max_record_size: usize,
     /// What happened to the bootstrap key at start.
@@ -101,8 +102,11 @@ impl Node {
         let memtable = Supervisor::start(move |_| memtables);
         let wal_memtable = memtable.clone().recipient();
         let wal_catalog = catalog.clone();
-        let wal =
-            Supervisor::start(move |_| WalActor::new(wal, next_seq, wal_memtable, wal_catalog));
+        let wal_stats = Arc::new(WalStats::default());
+        let stats = wal_stats.clone();
+        let wal = Supervisor::start(move |_| {
+            WalActor::new(wal, next_seq, wal_memtable, wal_catalog, stats)
+        });
 
         let schema_actor = SchemaActor::new(&state, catalog.clone(), config.batch_limits);
         let schema = Supervisor::start(move |_| schema_actor);
@@ -121,6 +125,7 @@ impl Node {
             catalog,
             storage,
             gauge,
+            wal_stats,
             memory_budget: config.memory_budget,
             max_record_size,
             bootstrap: Arc::new(bootstrap),
@@ -130,6 +135,11 @@ impl Node {
     /// Bytes held by memtables now.
     pub fn memtable_bytes(&self) -> usize {
         self.gauge.bytes()
+    }
+
+    /// Counters of the write-ahead log.
+    pub fn wal_stats(&self) -> &WalStats {
+        &self.wal_stats
     }
 
     /// Fails with [`PipelineError::Overloaded`] when memtables are at their budget.

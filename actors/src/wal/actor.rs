@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::{
@@ -38,8 +39,18 @@ struct Waiter {
     reply: oneshot::Sender<Result<Durable, WalError>>,
 }
 
+/// Counters of the log's work, shared with the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct WalStats {
+    /// Commit groups written (each ends with one `fdatasync`).
+    pub groups: AtomicU64,
+    /// Records (one per request) made durable.
+    pub records: AtomicU64,
+}
+
 /// Owns the WAL and the per-table sequence counters.
 pub struct WalActor {
+    stats: Arc<WalStats>,
     wal: Option<Wal>,
     poisoned: Option<WalError>,
     next_seq: HashMap<TableRef, Seq>,
@@ -67,8 +78,10 @@ impl WalActor {
         next_seq: HashMap<TableRef, Seq>,
         memtable: Recipient<Insert>,
         catalog: Addr<CatalogActor>,
+        stats: Arc<WalStats>,
     ) -> Self {
         Self {
+            stats,
             wal: Some(wal),
             poisoned: None,
             next_seq,
@@ -124,6 +137,10 @@ impl WalActor {
                 }
                 return actix::fut::ready(()).boxed_local();
             }
+            act.stats.groups.fetch_add(1, Ordering::Relaxed);
+            act.stats
+                .records
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
             let memtable = act.memtable.clone();
             async move {
                 let mut lost = None;
