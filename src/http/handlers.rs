@@ -48,16 +48,28 @@ async fn principal(state: &AppState, req: &HttpRequest) -> Result<Principal> {
 }
 
 /// Reads the body up to the limit: a declared length over it is refused before reading, and
-/// reading stops as soon as the limit is passed.
+/// reading stops as soon as the limit is passed. A gzip or zstd body is decompressed, and its
+/// decompressed size is held to the same limit (a small bomb cannot blow up memory).
 async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes> {
-    if let Some(enc) = req.headers().get(header::CONTENT_ENCODING) {
-        let enc = enc.to_str().unwrap_or("?");
-        if !enc.eq_ignore_ascii_case("identity") {
-            return Err(ApiError::UnsupportedMediaType(format!(
-                "content encoding {enc:?} is not supported; send the body uncompressed"
-            )));
-        }
-    }
+    let encoding = match req.headers().get(header::CONTENT_ENCODING) {
+        None => Encoding::Identity,
+        Some(v) => match v
+            .to_str()
+            .unwrap_or("?")
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "identity" => Encoding::Identity,
+            "gzip" | "x-gzip" => Encoding::Gzip,
+            "zstd" => Encoding::Zstd,
+            other => {
+                return Err(ApiError::UnsupportedMediaType(format!(
+                    "content encoding {other:?} is not supported; use gzip, zstd or none"
+                )));
+            }
+        },
+    };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -74,7 +86,39 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body.freeze())
+    let body = body.freeze();
+    match encoding {
+        Encoding::Identity => Ok(body),
+        compressed => web::block(move || decompress(compressed, &body, limit))
+            .await
+            .map_err(|e| ApiError::BodyRead(e.to_string()))?,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Encoding {
+    Identity,
+    Gzip,
+    Zstd,
+}
+
+fn decompress(encoding: Encoding, body: &[u8], limit: usize) -> Result<Bytes> {
+    use std::io::Read;
+    let bad = |e: std::io::Error| ApiError::BodyRead(format!("cannot decompress the body: {e}"));
+    let reader: Box<dyn Read> = match encoding {
+        Encoding::Identity => return Ok(Bytes::copy_from_slice(body)),
+        Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(body)),
+        Encoding::Zstd => Box::new(zstd::stream::read::Decoder::new(body).map_err(bad)?),
+    };
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(bad)?;
+    if out.len() > limit {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    Ok(Bytes::from(out))
 }
 
 fn mime(req: &HttpRequest) -> String {
@@ -131,7 +175,9 @@ pub async fn ingest(
     let res = async {
         let principal = principal(&state, &req).await?;
         let format = match mime(&req).as_str() {
-            "" | "application/json" => BodyFormat::Json,
+            // curl -d sends form encoding unless told otherwise; the body is still parsed as
+            // JSON and refused precisely if it is not.
+            "" | "application/json" | "application/x-www-form-urlencoded" => BodyFormat::Json,
             "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {
                 BodyFormat::Ndjson
             }
