@@ -100,7 +100,6 @@ struct WalArgs {
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::telemetry::init("info");
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -114,6 +113,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
             let mut config = args.config.load()?;
+            let _guard = crate::telemetry::init("info", &config.telemetry)?;
             if let Some(listen) = args.listen {
                 config.server.listen = listen;
             }
@@ -121,6 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(TokenCommand::Mint(args)) => {
+            let _guard = crate::telemetry::init("warn", &Default::default())?;
             let config = args.config.load()?;
             let jwt = &config.auth.jwt;
             let Some(secret) = jwt.hs256_secret.as_deref() else {
@@ -151,6 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 WalCommand::Inspect(a) => (a, false),
                 WalCommand::Verify(a) => (a, true),
             };
+            let _guard = crate::telemetry::init("warn", &Default::default())?;
             let config = args.config.load()?;
             let dir = config.data_dir.join("wal");
             let max = u32::try_from(config.wal.max_record_size.0).unwrap_or(u32::MAX);

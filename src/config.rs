@@ -130,6 +130,8 @@ pub struct Config {
     pub ingest: IngestSection,
     /// Authentication.
     pub auth: AuthSection,
+    /// Trace export.
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 impl Default for Config {
@@ -141,6 +143,7 @@ impl Default for Config {
             memtable: MemtableSection::default(),
             ingest: IngestSection::default(),
             auth: AuthSection::default(),
+            telemetry: crate::telemetry::TelemetryConfig::default(),
         }
     }
 }

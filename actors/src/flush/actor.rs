@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use actix::{Actor, Addr, AtomicResponse, Context, Handler, Supervised, WrapFuture};
 use object_store::path::Path as ObjectPath;
+use tracing::Instrument as _;
 
 use super::messages::Flush;
 use super::{FlushError, build_files};
@@ -46,6 +47,7 @@ impl Handler<Flush> for FlushActor {
     fn handle(&mut self, msg: Flush, _ctx: &mut Self::Context) -> Self::Result {
         let storage = self.storage.clone();
         let catalog = self.catalog.clone();
+        let span = tracing::info_span!("flush", table = %msg.table, rows = msg.memtable.len());
         AtomicResponse::new(Box::pin(
             async move {
                 let started = std::time::Instant::now();
@@ -98,6 +100,7 @@ impl Handler<Flush> for FlushActor {
                 );
                 Ok(state)
             }
+            .instrument(span)
             .into_actor(self),
         ))
     }

@@ -103,7 +103,9 @@ impl WalActor {
         };
         let records = std::mem::take(&mut self.pending);
         let waiters = std::mem::take(&mut self.waiters);
+        let span = tracing::info_span!("wal_commit", records = records.len());
         let write = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
             let res = wal.append(&records);
             (wal, records, res)
         });
