@@ -34,6 +34,14 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Splits `"64 MiB"` into `(64, "MiB")`.
+fn number_and_unit(s: &str) -> Option<(u64, &str)> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    Some((num.parse().ok()?, unit.trim()))
+}
+
 /// A byte size written as `"64MiB"`, `"16 MB"`, `"512KiB"` or a plain number of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
@@ -42,13 +50,9 @@ impl FromStr for ByteSize {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("invalid size {s:?}: expected e.g. \"64MiB\""))?;
-        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        let (n, unit) = number_and_unit(s)
+            .ok_or_else(|| format!("invalid size {s:?}: expected e.g. \"64MiB\""))?;
+        let mult: u64 = match unit.to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "kb" => 1_000,
             "kib" | "k" => 1 << 10,
@@ -72,13 +76,9 @@ impl FromStr for HumanDuration {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}: expected e.g. \"200ms\" or \"30s\""))?;
-        let d = match unit.trim() {
+        let (n, unit) = number_and_unit(s)
+            .ok_or_else(|| format!("invalid duration {s:?}: expected e.g. \"200ms\" or \"30s\""))?;
+        let d = match unit {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.saturating_mul(60)),

@@ -1,22 +1,19 @@
-//! Prometheus metrics: a few counters kept with atomics and rendered in the text format.
+//! Prometheus metrics: counters kept in memory and rendered in the text format.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::ResponseError;
 use alluvium_pipelines::Node;
 
 #[derive(Debug, Default)]
 struct Counters {
     events: AtomicU64,
     bytes: AtomicU64,
-    ingest_ok: AtomicU64,
-    ingest_err: AtomicU64,
-    ingest_micros: AtomicU64,
-    query_ok: AtomicU64,
-    query_err: AtomicU64,
+    /// (route pattern, status) -> (requests, microseconds spent).
+    requests: Mutex<BTreeMap<(String, u16), (u64, u64)>>,
 }
 
 /// Shared counters, cheap to clone.
@@ -30,79 +27,92 @@ impl Metrics {
         self.0.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// Counts a finished request of `route`.
-    pub fn request<T, E: ResponseError>(&self, route: &str, res: &Result<T, E>, took: Duration) {
-        let c = &self.0;
-        let (ok, err) = match route {
-            "ingest" => {
-                c.ingest_micros
-                    .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-                (&c.ingest_ok, &c.ingest_err)
-            }
-            _ => (&c.query_ok, &c.query_err),
-        };
-        if res.is_ok() { ok } else { err }.fetch_add(1, Ordering::Relaxed);
+    /// Counts a finished request; `route` is the matched pattern (bounded cardinality), not
+    /// the raw path.
+    pub fn request(&self, route: &str, status: u16, took: Duration) {
+        let mut requests = self
+            .0
+            .requests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let e = requests.entry((route.to_string(), status)).or_default();
+        e.0 += 1;
+        e.1 += took.as_micros() as u64;
     }
 
     /// Renders every metric in the Prometheus text format.
     pub fn render(&self, node: &Node) -> String {
         let c = &self.0;
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        let header = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in samples {
-                let _ = writeln!(out, "{name}{labels} {v}");
-            }
         };
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        metric(
-            "alluvium_ingest_events_total",
-            "counter",
-            "Events acknowledged.",
-            &[("", load(&c.events))],
-        );
-        metric(
-            "alluvium_ingest_bytes_total",
-            "counter",
-            "Request body bytes of acknowledged batches.",
-            &[("", load(&c.bytes))],
-        );
-        metric(
+        let wal = node.wal_stats();
+        for (name, kind, help, value) in [
+            (
+                "alluvium_ingest_events_total",
+                "counter",
+                "Events acknowledged.",
+                load(&c.events),
+            ),
+            (
+                "alluvium_ingest_bytes_total",
+                "counter",
+                "Request body bytes of acknowledged batches.",
+                load(&c.bytes),
+            ),
+            (
+                "alluvium_wal_commit_groups_total",
+                "counter",
+                "WAL commit groups written, each ending with one fdatasync.",
+                load(&wal.groups),
+            ),
+            (
+                "alluvium_wal_records_total",
+                "counter",
+                "WAL records (one per accepted request) made durable.",
+                load(&wal.records),
+            ),
+            (
+                "alluvium_memtable_bytes",
+                "gauge",
+                "Bytes held by memtables, active and frozen.",
+                node.memtable_bytes() as u64,
+            ),
+        ] {
+            header(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        let requests = c
+            .requests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        header(
+            &mut out,
             "alluvium_http_requests_total",
             "counter",
-            "HTTP requests by route and outcome.",
-            &[
-                ("{route=\"ingest\",outcome=\"ok\"}", load(&c.ingest_ok)),
-                ("{route=\"ingest\",outcome=\"error\"}", load(&c.ingest_err)),
-                ("{route=\"query\",outcome=\"ok\"}", load(&c.query_ok)),
-                ("{route=\"query\",outcome=\"error\"}", load(&c.query_err)),
-            ],
+            "HTTP requests by route and status.",
         );
-        metric(
-            "alluvium_ingest_duration_microseconds_total",
+        for ((route, status), (n, _)) in &requests {
+            let _ = writeln!(
+                out,
+                "alluvium_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+        header(
+            &mut out,
+            "alluvium_http_request_duration_microseconds_total",
             "counter",
-            "Total time spent answering ingest requests.",
-            &[("", load(&c.ingest_micros))],
+            "Time spent answering HTTP requests, by route and status.",
         );
-        let wal = node.wal_stats();
-        metric(
-            "alluvium_wal_commit_groups_total",
-            "counter",
-            "WAL commit groups written, each ending with one fdatasync.",
-            &[("", load(&wal.groups))],
-        );
-        metric(
-            "alluvium_wal_records_total",
-            "counter",
-            "WAL records (one per accepted request) made durable.",
-            &[("", load(&wal.records))],
-        );
-        metric(
-            "alluvium_memtable_bytes",
-            "gauge",
-            "Bytes held by memtables, active and frozen.",
-            &[("", node.memtable_bytes() as u64)],
-        );
+        for ((route, status), (_, micros)) in &requests {
+            let _ = writeln!(
+                out,
+                "alluvium_http_request_duration_microseconds_total{{route=\"{route}\",status=\"{status}\"}} {micros}"
+            );
+        }
         out
     }
 }

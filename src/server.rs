@@ -65,22 +65,24 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             metrics: Metrics::default(),
         };
         let mut server = HttpServer::new(move || {
+            let metrics = state.metrics.clone();
             App::new()
                 .app_data(web::Data::new(state.clone()))
                 .configure(routes)
-                .wrap_fn(|req, srv| {
-                    // One span per request; the outcome is logged at debug level.
+                .wrap_fn(move |req, srv| {
+                    // One span per request; its outcome is counted by route pattern.
                     let span = tracing::info_span!("http", method = %req.method(), path = %req.path());
                     let started = std::time::Instant::now();
+                    let metrics = metrics.clone();
                     let fut = srv.call(req);
                     async move {
                         let res = fut.await;
                         if let Ok(r) = &res {
-                            tracing::debug!(
-                                status = r.status().as_u16(),
-                                micros = started.elapsed().as_micros() as u64,
-                                "request done"
-                            );
+                            let took = started.elapsed();
+                            let route = r.request().match_pattern();
+                            let status = r.status().as_u16();
+                            metrics.request(route.as_deref().unwrap_or("unmatched"), status, took);
+                            tracing::debug!(status, micros = took.as_micros() as u64, "request done");
                         }
                         res
                     }

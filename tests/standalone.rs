@@ -287,6 +287,9 @@ fn keys_scopes_tenants_and_jwt() {
         "{}",
         m.body
     );
+    let forbidden_queries =
+        "alluvium_http_requests_total{route=\"/v1/tables/{table}/query\",status=\"403\"} 1";
+    assert!(m.body.contains(forbidden_queries), "{}", m.body);
 }
 
 #[test]

@@ -171,31 +171,23 @@ pub async fn ingest(
     table: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse> {
-    let started = std::time::Instant::now();
-    let res = async {
-        let principal = principal(&state, &req).await?;
-        let format = match mime(&req).as_str() {
-            // curl -d sends form encoding unless told otherwise; the body is still parsed as
-            // JSON and refused precisely if it is not.
-            "" | "application/json" | "application/x-www-form-urlencoded" => BodyFormat::Json,
-            "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {
-                BodyFormat::Ndjson
-            }
-            other => {
-                return Err(ApiError::UnsupportedMediaType(format!(
-                    "content type {other:?} is not accepted; use application/json or application/x-ndjson"
-                )));
-            }
-        };
-        let body = read_body(&req, payload, state.body_limit).await?;
-        let bytes = body.len();
-        let ack = state.node.ingest(&principal, &table, body, format).await?;
-        state.metrics.ingested(ack.accepted as u64, bytes as u64);
-        Ok(HttpResponse::Ok().json(ack))
-    }
-    .await;
-    state.metrics.request("ingest", &res, started.elapsed());
-    res
+    let principal = principal(&state, &req).await?;
+    let format = match mime(&req).as_str() {
+        // curl -d sends form encoding unless told otherwise; the body is still parsed as
+        // JSON and refused precisely if it is not.
+        "" | "application/json" | "application/x-www-form-urlencoded" => BodyFormat::Json,
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => BodyFormat::Ndjson,
+        other => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "content type {other:?} is not accepted; use application/json or application/x-ndjson"
+            )));
+        }
+    };
+    let body = read_body(&req, payload, state.body_limit).await?;
+    let bytes = body.len();
+    let ack = state.node.ingest(&principal, &table, body, format).await?;
+    state.metrics.ingested(ack.accepted as u64, bytes as u64);
+    Ok(HttpResponse::Ok().json(ack))
 }
 
 #[derive(Serialize)]
@@ -261,50 +253,42 @@ pub async fn query(
     table: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse> {
-    let started = std::time::Instant::now();
-    let res = async {
-        let principal = principal(&state, &req).await?;
-        let body = read_body(&req, payload, state.body_limit).await?;
-        let request: QueryRequest = if body.iter().all(u8::is_ascii_whitespace) {
-            QueryRequest::default()
-        } else {
-            parse_json(&body, "query")?
-        };
-        let ndjson = req
-            .headers()
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.contains("application/x-ndjson") || v.contains("application/ndjson")
-            });
-        let result = state.node.query(&principal, &table, request).await?;
-        let out = web::block(move || -> std::result::Result<Vec<u8>, String> {
-            let mut out = Vec::new();
-            if !ndjson {
-                out.push(b'[');
-            }
-            let mut first = true;
-            for b in &result.batches {
-                write_json_rows(b, &mut out, ndjson, &mut first).map_err(|e| e.to_string())?;
-            }
-            if !ndjson {
-                out.extend_from_slice(b"]\n");
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(|e| ApiError::Pipeline(PipelineError::Unavailable(e.to_string())))?
-        .map_err(|e| ApiError::Pipeline(PipelineError::Unavailable(e)))?;
-        let ctype = if ndjson {
-            "application/x-ndjson"
-        } else {
-            "application/json"
-        };
-        Ok(HttpResponse::Ok().content_type(ctype).body(out))
-    }
-    .await;
-    state.metrics.request("query", &res, started.elapsed());
-    res
+    let principal = principal(&state, &req).await?;
+    let body = read_body(&req, payload, state.body_limit).await?;
+    let request: QueryRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        QueryRequest::default()
+    } else {
+        parse_json(&body, "query")?
+    };
+    let ndjson = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-ndjson") || v.contains("application/ndjson"));
+    let result = state.node.query(&principal, &table, request).await?;
+    let out = web::block(move || -> std::result::Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        if !ndjson {
+            out.push(b'[');
+        }
+        let mut first = true;
+        for b in &result.batches {
+            write_json_rows(b, &mut out, ndjson, &mut first).map_err(|e| e.to_string())?;
+        }
+        if !ndjson {
+            out.extend_from_slice(b"]\n");
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| ApiError::Pipeline(PipelineError::Unavailable(e.to_string())))?
+    .map_err(|e| ApiError::Pipeline(PipelineError::Unavailable(e)))?;
+    let ctype = if ndjson {
+        "application/x-ndjson"
+    } else {
+        "application/json"
+    };
+    Ok(HttpResponse::Ok().content_type(ctype).body(out))
 }
 
 pub async fn flush(
