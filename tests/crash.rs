@@ -2,7 +2,7 @@
 //! exactly once, and nothing that was never sent appears.
 //!
 //! Memtables are tiny here so that flushes and catalog commits happen all the time and the
-//! kill lands in the middle of them too. `ALLUVIUM_CRASH_CYCLES` sets the number of kill
+//! kill lands in the middle of them too. `ALLUVIUM_TEST_CRASH_CYCLES` sets the number of kill
 //! cycles (default 3).
 
 #![allow(clippy::unwrap_used)]
@@ -84,7 +84,7 @@ fn produce(
 
 #[test]
 fn kill9_during_ingest_loses_and_doubles_nothing() {
-    let cycles: usize = std::env::var("ALLUVIUM_CRASH_CYCLES")
+    let cycles: usize = std::env::var("ALLUVIUM_TEST_CRASH_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);

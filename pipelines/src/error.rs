@@ -42,14 +42,6 @@ pub enum PipelineError {
         /// Suggested wait before retrying.
         retry_after: Duration,
     },
-    /// The validated batch is too large for one log record.
-    #[error("the batch encodes to {size} bytes, over the {max} byte limit of one write; split it")]
-    BatchTooLarge {
-        /// Encoded size.
-        size: usize,
-        /// Limit.
-        max: usize,
-    },
     /// A query names a column the table does not have.
     #[error("unknown column {0:?}")]
     UnknownColumn(String),

@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use alluvium_actors::auth::{Authenticate, CreateKey, NewKey, Principal, Scope};
 use alluvium_actors::ids::{TableName, TableRef, TenantId};
 use alluvium_actors::memtable::messages::FlushTable;
-use alluvium_actors::row::encoded_len;
 use alluvium_actors::schema::TableSchema;
 use alluvium_actors::schema::messages::{
     CreateTable, Created, GetTable, ListTables, TableInfo, Validate,
@@ -30,9 +29,6 @@ pub struct IngestAck {
     /// Durability reached: `wal` (in the write-ahead log, fdatasync returned).
     pub durability: &'static str,
 }
-
-/// Room kept in a log record for the framing and table name around the rows.
-const RECORD_OVERHEAD: usize = 1024;
 
 impl Node {
     /// Authenticates a credential (API key or JWT).
@@ -72,11 +68,6 @@ impl Node {
                 format,
             })
             .await??;
-        let size = encoded_len(&validated.rows);
-        let max = self.max_record_size.saturating_sub(RECORD_OVERHEAD);
-        if size > max {
-            return Err(PipelineError::BatchTooLarge { size, max });
-        }
         let accepted = validated.rows.len();
         let durable = self
             .wal

@@ -57,7 +57,6 @@ pub struct Node {
     pub(crate) gauge: MemoryGauge,
     pub(crate) wal_stats: Arc<WalStats>,
     pub(crate) memory_budget: usize,
-    pub(crate) max_record_size: usize,
     /// What happened to the bootstrap key at start.
     pub bootstrap: Arc<Bootstrap>,
 }
@@ -97,7 +96,6 @@ impl Node {
             MemtableActor::new(config.memtable.clone(), flush.recipient(), gauge.clone());
         let mut wal_config = config.wal.clone();
         wal_config.dir = config.data_dir.join("wal");
-        let max_record_size = wal_config.max_record_size as usize;
         let (wal, next_seq) = recover(&state, wal_config, &mut memtables)?;
         let memtable = Supervisor::start(move |_| memtables);
         let wal_memtable = memtable.clone().recipient();
@@ -127,7 +125,6 @@ impl Node {
             gauge,
             wal_stats,
             memory_budget: config.memory_budget,
-            max_record_size,
             bootstrap: Arc::new(bootstrap),
         })
     }

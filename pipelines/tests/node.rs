@@ -128,3 +128,45 @@ fn memory_budget_pushes_back_without_writing() {
         assert_eq!(count(&node, &p).await, 101);
     });
 }
+
+#[test]
+fn wal_segments_are_deleted_while_ingest_never_pauses() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1 << 30);
+    cfg.wal.segment_size = 4096;
+    cfg.memtable.freeze_bytes = 16 * 1024;
+    cfg.memtable.freeze_age = Duration::from_millis(50);
+    actix::System::new().block_on(async move {
+        let node = Node::start(cfg).await.unwrap();
+        let p = admin(&node).await;
+        node.create_table(&p, "t", schema()).await.unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Eight producers keep the log busy: there is always a group waiting for the disk.
+        let producers: Vec<_> = (0..8)
+            .map(|i| {
+                let (node, p, stop) = (node.clone(), p.clone(), stop.clone());
+                actix::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let body = Bytes::from(format!(
+                            "[{}]",
+                            vec![format!("{{\"n\":{i}}}"); 20].join(",")
+                        ));
+                        node.ingest(&p, "t", body, BodyFormat::Json).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while node.wal_stats().segments_deleted.load(Ordering::Relaxed) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no wal segment deleted under load"
+            );
+            actix::clock::sleep(Duration::from_millis(20)).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        for h in producers {
+            h.await.unwrap();
+        }
+    });
+}

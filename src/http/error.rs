@@ -101,7 +101,6 @@ impl ApiError {
                 P::Flush(_) => (StatusCode::SERVICE_UNAVAILABLE, "flush_failed"),
                 P::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
                 P::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
-                P::BatchTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large"),
                 P::UnknownColumn(_) => (StatusCode::BAD_REQUEST, "unknown_column"),
                 P::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             },

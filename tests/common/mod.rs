@@ -13,6 +13,14 @@ use serde_json::Value;
 /// The admin key every test server is bootstrapped with.
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
 
+/// The binary under test: `ALLUVIUM_TEST_BIN` (a copy, so that long runs are not disturbed by
+/// rebuilds) or the one cargo built for this test.
+pub fn binary() -> PathBuf {
+    std::env::var_os("ALLUVIUM_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_alluvium")))
+}
+
 /// A running server process.
 pub struct Server {
     child: Child,
@@ -26,7 +34,13 @@ impl Server {
     /// Starts the binary on `data_dir` with extra `ALLUVIUM_*` settings and waits until it
     /// listens.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_alluvium"));
+        let mut cmd = Command::new(binary());
+        // The server sees only the settings of this test, not those of the caller's shell.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ALLUVIUM_") {
+                cmd.env_remove(k);
+            }
+        }
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(data_dir)

@@ -61,11 +61,11 @@ impl Handler<Commit> for CatalogActor {
         AtomicResponse::new(Box::pin(
             async move { log::commit(&storage, state, msg.operation, &msg.actions).await }
                 .into_actor(self)
-                .map(|res, act, _| {
-                    if let Ok(state) = &res {
-                        act.state = state.clone();
-                    }
-                    res
+                .map(|(state, res), act, _| {
+                    // Keep what was read even when the commit failed: later commits and
+                    // snapshots start from the newest known version.
+                    act.state = state.clone();
+                    res.map(|()| state)
                 }),
         ))
     }

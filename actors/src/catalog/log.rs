@@ -4,6 +4,8 @@
 //! the same version exactly one wins and the other re-reads and retries. Loading replays every
 //! commit in version order; a gap or an unreadable commit refuses to load rather than guess.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
@@ -128,26 +130,33 @@ pub async fn try_commit(
 const MAX_COMMIT_ATTEMPTS: usize = 16;
 
 /// Commits `actions` on top of `state`, re-reading the log and re-validating whenever another
-/// writer took the next version first. Returns the state with the commit applied.
+/// writer took the next version first. Returns the newest state known (with the commit applied
+/// when it succeeded, and including what other writers committed either way) and the outcome.
 pub async fn commit(
     storage: &Storage,
-    mut state: std::sync::Arc<CatalogState>,
+    mut state: Arc<CatalogState>,
     operation: &str,
     actions: &[Action],
-) -> Result<std::sync::Arc<CatalogState>, CatalogError> {
+) -> (Arc<CatalogState>, Result<(), CatalogError>) {
     for _ in 0..MAX_COMMIT_ATTEMPTS {
-        if let Some(next) = try_commit(storage, &state, operation, actions).await? {
-            return Ok(std::sync::Arc::new(next));
+        match try_commit(storage, &state, operation, actions).await {
+            Ok(Some(next)) => return (Arc::new(next), Ok(())),
+            Ok(None) => {}
+            Err(e) => return (state, Err(e)),
         }
         tracing::info!(
             version = state.version + 1,
             "catalog version taken by another writer, reloading"
         );
-        state = std::sync::Arc::new(load_from(storage, (*state).clone()).await?);
+        match load_from(storage, (*state).clone()).await {
+            Ok(newer) => state = Arc::new(newer),
+            Err(e) => return (state, Err(e)),
+        }
     }
-    Err(CatalogError::Conflict(format!(
+    let err = CatalogError::Conflict(format!(
         "gave up after {MAX_COMMIT_ATTEMPTS} lost races for the next catalog version"
-    )))
+    ));
+    (state, Err(err))
 }
 
 #[cfg(test)]
@@ -194,22 +203,16 @@ mod tests {
         assert_eq!(loaded, s2);
         assert_eq!(loaded.version, 2);
         // A stale writer's commit() reloads, re-validates (table c is new) and lands at 3.
-        let s3 = commit(
-            &storage,
-            std::sync::Arc::new(s1),
-            "create_table",
-            &[create("c")],
-        )
-        .await
-        .unwrap();
+        let (s3, res) = commit(&storage, Arc::new(s1), "create_table", &[create("c")]).await;
+        res.unwrap();
         assert_eq!(s3.version, 3);
         assert_eq!(s3.tables.len(), 3);
         // ...and a stale writer re-creating an existing table gets a clean error.
-        let stale = std::sync::Arc::new(CatalogState::default());
-        assert!(matches!(
-            commit(&storage, stale, "create_table", &[create("a")]).await,
-            Err(CatalogError::TableExists(_))
-        ));
+        let stale = Arc::new(CatalogState::default());
+        let (latest, res) = commit(&storage, stale, "create_table", &[create("a")]).await;
+        assert!(matches!(res, Err(CatalogError::TableExists(_))));
+        // The caller still learns the newest state it read.
+        assert_eq!(latest.version, 3);
     }
 
     #[tokio::test]

@@ -37,6 +37,14 @@ pub enum CatalogError {
     /// The table does not exist.
     #[error("table {0} does not exist")]
     TableNotFound(String),
+    /// The table already has these events in committed files.
+    #[error("table {table} already has events up to sequence {committed} in committed files")]
+    AlreadyCommitted {
+        /// The table.
+        table: String,
+        /// Its committed sequence.
+        committed: u64,
+    },
     /// A commit conflicts with the current state.
     #[error("catalog conflict: {0}")]
     Conflict(String),

@@ -125,17 +125,25 @@ impl CatalogState {
                         }),
                     );
                 }
+                // Both refuse events the table already has in files: a flush retried after a
+                // commit that landed but reported an error must not add its rows twice.
                 Action::AddFile { table, file } => {
                     let entry = Self::entry_mut(&mut next, table)?;
+                    if file.min_seq <= entry.committed_seq {
+                        return Err(CatalogError::AlreadyCommitted {
+                            table: table.to_string(),
+                            committed: entry.committed_seq,
+                        });
+                    }
                     entry.files.push(Arc::new(file.clone()));
                 }
                 Action::CommittedSeq { table, seq } => {
                     let entry = Self::entry_mut(&mut next, table)?;
-                    if *seq < entry.committed_seq {
-                        return Err(CatalogError::Conflict(format!(
-                            "committed sequence of {table} would go back from {} to {seq}",
-                            entry.committed_seq
-                        )));
+                    if *seq <= entry.committed_seq {
+                        return Err(CatalogError::AlreadyCommitted {
+                            table: table.to_string(),
+                            committed: entry.committed_seq,
+                        });
                     }
                     entry.committed_seq = *seq;
                 }

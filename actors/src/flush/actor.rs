@@ -8,8 +8,9 @@ use tracing::Instrument as _;
 
 use super::messages::Flush;
 use super::{FlushError, build_files};
-use crate::catalog::messages::Commit;
-use crate::catalog::{Action, CatalogActor, CatalogState};
+use crate::catalog::messages::{Commit, Snapshot};
+use crate::catalog::{Action, CatalogActor, CatalogError, CatalogState};
+use crate::ids::{Seq, TableRef};
 use crate::storage::Storage;
 
 /// Flushes arrive one per frozen memtable, at most one in flight per table: a small mailbox
@@ -41,6 +42,10 @@ impl Actor for FlushActor {
 
 impl Supervised for FlushActor {}
 
+fn committed_seq(state: &CatalogState, table: &TableRef) -> Seq {
+    state.table(table).map_or(0, |e| e.committed_seq)
+}
+
 impl Handler<Flush> for FlushActor {
     type Result = AtomicResponse<Self, Result<Arc<CatalogState>, FlushError>>;
 
@@ -56,6 +61,16 @@ impl Handler<Flush> for FlushActor {
                 let Some((_, max_seq)) = memtable.seq_range() else {
                     return Err(FlushError::Encode("empty memtable".into()));
                 };
+                // An earlier attempt may have committed these rows and still reported an error
+                // (a put that landed, then failed): then there is nothing left to do.
+                let before = catalog
+                    .send(Snapshot)
+                    .await
+                    .map_err(|e| FlushError::Mailbox(e.to_string()))?;
+                if committed_seq(&before, &table) >= max_seq {
+                    tracing::warn!(table = %table, max_seq, "memtable already committed, not flushing it again");
+                    return Ok(before);
+                }
                 let t = table.clone();
                 let files = tokio::task::spawn_blocking(move || build_files(&t, &memtable))
                     .await
@@ -80,14 +95,26 @@ impl Handler<Flush> for FlushActor {
                     table: table.clone(),
                     seq: max_seq,
                 });
-                let state = catalog
+                let committed = catalog
                     .send(Commit {
                         operation: "flush",
                         actions,
                     })
                     .await
-                    .map_err(|e| FlushError::Mailbox(e.to_string()))?
-                    .map_err(|e| FlushError::Catalog(e.to_string()))?;
+                    .map_err(|e| FlushError::Mailbox(e.to_string()))?;
+                let state = match committed {
+                    Ok(state) => state,
+                    Err(CatalogError::AlreadyCommitted { committed, .. }) if committed >= max_seq => {
+                        // Our earlier attempt's commit is in the log after all; the files just
+                        // written are orphans for GC.
+                        tracing::warn!(table = %table, max_seq, "flush found its rows already committed");
+                        return catalog
+                            .send(Snapshot)
+                            .await
+                            .map_err(|e| FlushError::Mailbox(e.to_string()));
+                    }
+                    Err(e) => return Err(FlushError::Catalog(e.to_string())),
+                };
                 tracing::info!(
                     table = %table,
                     version = state.version,

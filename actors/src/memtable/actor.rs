@@ -44,7 +44,8 @@ struct TableMems {
     failures: u32,
     upto: Seq,
     last_commit: Option<Arc<CatalogState>>,
-    waiters: Vec<FlushWaiter>,
+    /// Forced flushes waiting until every row up to their sequence is committed.
+    waiters: Vec<(Seq, FlushWaiter)>,
 }
 
 /// Owns every table's memtables.
@@ -137,7 +138,7 @@ impl MemtableActor {
         }
         let Some(memtable) = mems.frozen.front().cloned() else {
             let state = mems.last_commit.clone();
-            for w in mems.waiters.drain(..) {
+            for (_, w) in mems.waiters.drain(..) {
                 let _ = w.send(Ok(state.clone()));
             }
             return;
@@ -159,8 +160,15 @@ impl MemtableActor {
                     mems.failures = 0;
                     if mems.frozen.front().is_some_and(|m| m.id() == memtable.id()) {
                         mems.frozen.pop_front();
+                        act.gauge.sub(memtable.bytes());
                     }
-                    act.gauge.sub(memtable.bytes());
+                    let done = memtable.seq_range().map_or(0, |(_, max)| max);
+                    let (ready, waiting): (Vec<_>, Vec<_>) =
+                        mems.waiters.drain(..).partition(|(target, _)| *target <= done);
+                    mems.waiters = waiting;
+                    for (_, w) in ready {
+                        let _ = w.send(Ok(Some(state.clone())));
+                    }
                     mems.last_commit = Some(state);
                     act.maybe_flush(table, ctx);
                 }
@@ -168,7 +176,7 @@ impl MemtableActor {
                     mems.failures += 1;
                     let delay = act.config.retry_backoff * 2u32.pow(mems.failures.min(6) - 1);
                     tracing::error!(table = %table, error = %e, retry_in = ?delay, "flush failed, memtable kept");
-                    for w in mems.waiters.drain(..) {
+                    for (_, w) in mems.waiters.drain(..) {
                         let _ = w.send(Err(e.clone()));
                     }
                     ctx.run_later(delay, move |act, ctx| act.maybe_flush(table, ctx));
@@ -219,7 +227,7 @@ impl Supervised for MemtableActor {
         for mems in self.tables.values_mut() {
             mems.flushing = false;
             mems.failures = 0;
-            for w in mems.waiters.drain(..) {
+            for (_, w) in mems.waiters.drain(..) {
                 let _ = w.send(Err(FlushError::Mailbox("memtable actor restarted".into())));
             }
         }
@@ -271,11 +279,17 @@ impl Handler<FlushTable> for MemtableActor {
             return Box::pin(async { Ok(None) });
         };
         Self::freeze(mems);
-        if mems.frozen.is_empty() && !mems.flushing {
+        // Wait for what exists now, not for rows that keep arriving after.
+        let Some(target) = mems
+            .frozen
+            .back()
+            .and_then(|m| m.seq_range())
+            .map(|(_, max)| max)
+        else {
             return Box::pin(async { Ok(None) });
-        }
+        };
         let (tx, rx) = oneshot::channel();
-        mems.waiters.push(tx);
+        mems.waiters.push((target, tx));
         mems.failures = 0;
         self.maybe_flush(msg.table, ctx);
         Box::pin(async move {

@@ -12,7 +12,7 @@ use actix::{
 use super::error::SchemaError;
 use super::messages::{CreateTable, Created, GetTable, ListTables, TableInfo, Validate, Validated};
 use super::translate::{BatchLimits, parse_batch};
-use crate::catalog::messages::Commit;
+use crate::catalog::messages::{Commit, Snapshot};
 use crate::catalog::{Action, CatalogActor, CatalogError, CatalogState};
 use crate::ids::TableRef;
 
@@ -87,6 +87,7 @@ impl Handler<CreateTable> for SchemaActor {
         }
         let catalog = self.catalog.clone();
         let table = msg.table.clone();
+        let msg_table = msg.table.clone();
         let schema = Arc::new(msg.schema.clone());
         let commit = Commit {
             operation: "create_table",
@@ -96,29 +97,39 @@ impl Handler<CreateTable> for SchemaActor {
             }],
         };
         AtomicResponse::new(Box::pin(
-            async move { catalog.send(commit).await }
-                .into_actor(self)
-                .map(move |res, act, _| {
-                    match res {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(CatalogError::TableExists(t))) => {
-                            return Err(SchemaError::TableExists { table: t });
+            async move {
+                match catalog.send(commit).await {
+                    Ok(Ok(_)) => Ok((1, schema, true)),
+                    // The catalog has the table although the registry did not: an earlier
+                    // attempt committed and reported an error. Identical means done.
+                    Ok(Err(CatalogError::TableExists(t))) => {
+                        let state = catalog
+                            .send(Snapshot)
+                            .await
+                            .map_err(|e| SchemaError::Catalog(e.to_string()))?;
+                        match state.table(&table) {
+                            Some(e) if *e.schema == *schema => {
+                                Ok((e.schema_version, e.schema.clone(), false))
+                            }
+                            _ => Err(SchemaError::TableExists { table: t }),
                         }
-                        Ok(Err(e)) => return Err(SchemaError::Catalog(e.to_string())),
-                        Err(e) => return Err(SchemaError::Catalog(e.to_string())),
                     }
-                    let info = TableInfo {
-                        table: table.clone(),
-                        version: 1,
-                        schema,
-                    };
-                    act.tables.insert(table, info.clone());
-                    tracing::info!(table = %info.table, "table created");
-                    Ok(Created {
-                        info,
-                        created: true,
-                    })
-                }),
+                    Ok(Err(e)) => Err(SchemaError::Catalog(e.to_string())),
+                    Err(e) => Err(SchemaError::Catalog(e.to_string())),
+                }
+            }
+            .into_actor(self)
+            .map(move |res, act, _| {
+                let (version, schema, created) = res?;
+                let info = TableInfo {
+                    table: msg_table.clone(),
+                    version,
+                    schema,
+                };
+                act.tables.insert(msg_table, info.clone());
+                tracing::info!(table = %info.table, "table created");
+                Ok(Created { info, created })
+            }),
         ))
     }
 }

@@ -6,6 +6,11 @@
 //! each request at once. The blocking write runs on tokio's blocking pool, never on the
 //! arbiter. After a group is durable its rows go to the memtable in sequence order, and only
 //! then are the requests answered: an acknowledged event is on disk and visible to reads.
+//!
+//! Checkpoints (deleting segments the catalog has committed) need the log too. A timer fetches
+//! the catalog's committed positions; the deletion runs on its own when the log is idle, or
+//! ahead of the next group's write when it is busy, so a steady stream of appends cannot
+//! starve it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,16 +51,22 @@ pub struct WalStats {
     pub groups: AtomicU64,
     /// Records (one per request) made durable.
     pub records: AtomicU64,
+    /// Segments deleted after their events were committed to files.
+    pub segments_deleted: AtomicU64,
 }
 
 /// Owns the WAL and the per-table sequence counters.
 pub struct WalActor {
     stats: Arc<WalStats>,
+    /// The log; `None` while a group write or a checkpoint holds it.
     wal: Option<Wal>,
+    max_record_size: usize,
     poisoned: Option<WalError>,
     next_seq: HashMap<TableRef, Seq>,
     pending: Vec<WalRecord>,
     waiters: Vec<Waiter>,
+    /// Committed positions waiting for the log to be free.
+    checkpoint_due: Option<HashMap<TableRef, Seq>>,
     memtable: Recipient<Insert>,
     catalog: Addr<CatalogActor>,
 }
@@ -67,6 +78,21 @@ impl std::fmt::Debug for WalActor {
             .field("pending", &self.pending.len())
             .field("poisoned", &self.poisoned.is_some())
             .finish()
+    }
+}
+
+/// Deletes committed segments; a failure is logged and retried at the next checkpoint (the
+/// segments stay, nothing is lost).
+fn run_checkpoint(wal: &mut Wal, committed: &HashMap<TableRef, Seq>, stats: &WalStats) {
+    match wal.checkpoint(committed) {
+        Ok(0) => {}
+        Ok(n) => {
+            stats
+                .segments_deleted
+                .fetch_add(n as u64, Ordering::Relaxed);
+            tracing::info!(segments = n, "wal segments deleted after flush");
+        }
+        Err(e) => tracing::warn!(error = %e, "wal checkpoint failed"),
     }
 }
 
@@ -82,20 +108,41 @@ impl WalActor {
     ) -> Self {
         Self {
             stats,
+            max_record_size: wal.max_record_size() as usize,
             wal: Some(wal),
             poisoned: None,
             next_seq,
             pending: Vec::new(),
             waiters: Vec::new(),
+            checkpoint_due: None,
             memtable,
             catalog,
         }
     }
 
+    /// Refuses writes from now on and fails every request still waiting.
+    fn poison(&mut self, err: WalError) {
+        tracing::error!(error = %err, "wal refuses writes until restart");
+        self.pending.clear();
+        for w in self.waiters.drain(..) {
+            let _ = w.reply.send(Err(err.clone()));
+        }
+        self.poisoned = Some(err);
+    }
+
     /// Writes everything pending as one group, unless a write or checkpoint is in progress
     /// (then the group starts when it ends).
     fn start_commit(&mut self, ctx: &mut Context<Self>) {
+        if let Some(e) = self.poisoned.clone() {
+            if !self.waiters.is_empty() {
+                self.poison(e);
+            }
+            return;
+        }
         if self.pending.is_empty() {
+            if let Some(committed) = self.checkpoint_due.take() {
+                self.start_checkpoint(committed, ctx);
+            }
             return;
         }
         let Some(mut wal) = self.wal.take() else {
@@ -103,124 +150,134 @@ impl WalActor {
         };
         let records = std::mem::take(&mut self.pending);
         let waiters = std::mem::take(&mut self.waiters);
+        let due = self.checkpoint_due.take();
+        let stats = self.stats.clone();
         let span = tracing::info_span!("wal_commit", records = records.len());
         let write = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
+            if let Some(committed) = due {
+                run_checkpoint(&mut wal, &committed, &stats);
+            }
             let res = wal.append(&records);
             (wal, records, res)
         });
-        ctx.spawn(write.into_actor(self).then(move |joined, act, _ctx| {
-            let (wal, records, res) = match joined {
-                Ok(done) => done,
-                Err(e) => {
-                    // The writer thread panicked: the log's state is unknown, refuse writes.
-                    let err = WalError::Poisoned {
-                        cause: format!("wal writer panicked: {e}"),
-                    };
-                    act.poisoned = Some(err.clone());
-                    for w in waiters {
-                        let _ = w.reply.send(Err(err.clone()));
-                    }
-                    return actix::fut::ready(()).boxed_local();
-                }
-            };
-            let poisoned = wal.is_poisoned();
-            if let Err(e) = res {
-                act.wal = Some(wal);
-                if poisoned {
-                    tracing::error!(error = %e, requests = waiters.len(), "wal write failed, refusing writes until restart");
-                    act.poisoned = Some(e.clone());
-                } else {
-                    // Refused before anything was written (a record over the size limit).
-                    tracing::warn!(error = %e, requests = waiters.len(), "wal refused a commit group");
-                }
-                for w in waiters {
-                    let _ = w.reply.send(Err(e.clone()));
-                }
-                return actix::fut::ready(()).boxed_local();
-            }
-            act.stats.groups.fetch_add(1, Ordering::Relaxed);
-            act.stats
-                .records
-                .fetch_add(records.len() as u64, Ordering::Relaxed);
-            let memtable = act.memtable.clone();
-            async move {
-                let mut lost = None;
-                for (record, w) in records.into_iter().zip(waiters) {
-                    let durable = Durable {
-                        first_seq: record.first_seq,
-                        last_seq: record.last_seq(),
-                    };
-                    let insert = Insert {
-                        table: record.table,
-                        schema: w.schema,
-                        schema_version: record.schema_version,
-                        first_seq: record.first_seq,
-                        ingested_at_us: record.ingested_at_us,
-                        rows: record.rows,
-                    };
-                    if let Err(e) = memtable.send(insert).await {
-                        lost = Some(e.to_string());
-                    }
-                    // Durable either way: the WAL holds it and a restart replays it.
-                    let _ = w.reply.send(Ok(durable));
-                }
-                lost
-            }
-            .into_actor(act)
-            .map(move |lost, act, _| {
-                // The log is handed back only now, so the next group's rows cannot reach the
-                // memtable before this group's: memtables receive sequences in order.
-                act.wal = Some(wal);
-                if let Some(e) = lost {
-                    tracing::error!(error = %e, "memtable unreachable after a durable write, refusing writes until restart");
-                    act.poisoned = Some(WalError::Poisoned {
-                        cause: format!("memtable unreachable: {e}"),
-                    });
-                }
-            })
-            .boxed_local()
-        }).map(|(), act, ctx| act.start_commit(ctx)));
-    }
-
-    fn checkpoint(&mut self, ctx: &mut Context<Self>) {
-        if self.poisoned.is_some() || self.wal.is_none() {
-            return;
-        }
-        let snapshot = self.catalog.send(Snapshot);
         ctx.spawn(
-            snapshot
+            write
                 .into_actor(self)
-                .then(|state, act, _ctx| {
-                    let (Ok(state), Some(mut wal)) = (state, act.wal.take()) else {
-                        return actix::fut::ready(()).boxed_local();
+                .then(move |joined, act, _ctx| {
+                    let (wal, records, res) = match joined {
+                        Ok(done) => done,
+                        Err(e) => {
+                            // The writer thread panicked: the log's state is unknown.
+                            act.waiters.extend(waiters);
+                            act.poison(WalError::Poisoned {
+                                cause: format!("wal writer panicked: {e}"),
+                            });
+                            return actix::fut::ready(()).boxed_local();
+                        }
                     };
-                    let committed = state.committed_seqs();
-                    tokio::task::spawn_blocking(move || {
-                        let res = wal.checkpoint(&committed);
-                        (wal, res)
-                    })
-                    .into_actor(act)
-                    .map(|joined, act, _| match joined {
-                        Ok((wal, res)) => {
-                            act.wal = Some(wal);
-                            match res {
-                                Ok(0) => {}
-                                Ok(n) => {
-                                    tracing::info!(segments = n, "wal segments deleted after flush")
-                                }
-                                Err(e) => tracing::warn!(error = %e, "wal checkpoint failed"),
+                    if let Err(e) = res {
+                        let poisoned = wal.is_poisoned();
+                        act.wal = Some(wal);
+                        if poisoned {
+                            act.waiters.extend(waiters);
+                            act.poison(e);
+                        } else {
+                            // Refused before anything was written (a record over the limit).
+                            tracing::warn!(error = %e, requests = waiters.len(), "wal refused a commit group");
+                            for w in waiters {
+                                let _ = w.reply.send(Err(e.clone()));
                             }
                         }
-                        Err(e) => {
-                            act.poisoned = Some(WalError::Poisoned {
-                                cause: format!("wal checkpoint panicked: {e}"),
+                        return actix::fut::ready(()).boxed_local();
+                    }
+                    act.stats.groups.fetch_add(1, Ordering::Relaxed);
+                    act.stats
+                        .records
+                        .fetch_add(records.len() as u64, Ordering::Relaxed);
+                    let memtable = act.memtable.clone();
+                    async move {
+                        let mut lost = None;
+                        for (record, w) in records.into_iter().zip(waiters) {
+                            let durable = Durable {
+                                first_seq: record.first_seq,
+                                last_seq: record.last_seq(),
+                            };
+                            let insert = Insert {
+                                table: record.table,
+                                schema: w.schema,
+                                schema_version: record.schema_version,
+                                first_seq: record.first_seq,
+                                ingested_at_us: record.ingested_at_us,
+                                rows: record.rows,
+                            };
+                            if let Err(e) = memtable.send(insert).await {
+                                lost = Some(e.to_string());
+                            }
+                            // Durable either way: the WAL holds it and a restart replays it.
+                            let _ = w.reply.send(Ok(durable));
+                        }
+                        lost
+                    }
+                    .into_actor(act)
+                    .map(move |lost, act, _| {
+                        // The log is handed back only now, so the next group's rows cannot
+                        // reach the memtable before this group's: memtables receive sequences
+                        // in order.
+                        act.wal = Some(wal);
+                        if let Some(e) = lost {
+                            // Reads would miss acknowledged rows until a restart replays them:
+                            // stop accepting more.
+                            act.poison(WalError::Poisoned {
+                                cause: format!("memtable unreachable after a durable write: {e}"),
                             });
                         }
                     })
                     .boxed_local()
                 })
                 .map(|(), act, ctx| act.start_commit(ctx)),
+        );
+    }
+
+    /// Deletes committed segments now, with the log idle.
+    fn start_checkpoint(&mut self, committed: HashMap<TableRef, Seq>, ctx: &mut Context<Self>) {
+        let Some(mut wal) = self.wal.take() else {
+            self.checkpoint_due = Some(committed);
+            return;
+        };
+        let stats = self.stats.clone();
+        let run = tokio::task::spawn_blocking(move || {
+            run_checkpoint(&mut wal, &committed, &stats);
+            wal
+        });
+        ctx.spawn(run.into_actor(self).map(|joined, act, ctx| {
+            match joined {
+                Ok(wal) => act.wal = Some(wal),
+                Err(e) => act.poison(WalError::Poisoned {
+                    cause: format!("wal checkpoint panicked: {e}"),
+                }),
+            }
+            act.start_commit(ctx);
+        }));
+    }
+
+    /// Fetches the catalog's committed positions and schedules a checkpoint with them.
+    fn checkpoint(&mut self, ctx: &mut Context<Self>) {
+        if self.poisoned.is_some() {
+            return;
+        }
+        ctx.spawn(
+            self.catalog
+                .send(Snapshot)
+                .into_actor(self)
+                .map(|state, act, ctx| {
+                    if let Ok(state) = state {
+                        act.checkpoint_due = Some(state.committed_seqs());
+                        if act.wal.is_some() && act.pending.is_empty() {
+                            act.start_commit(ctx);
+                        }
+                    }
+                }),
         );
     }
 }
@@ -257,16 +314,23 @@ impl Handler<Append> for WalActor {
         }
         let n = msg.rows.len() as u64;
         let next = self.next_seq.entry(msg.table.clone()).or_insert(1);
-        let first_seq = *next;
-        *next += n;
-        let (reply, rx) = oneshot::channel();
-        self.pending.push(WalRecord {
+        let record = WalRecord {
             table: msg.table,
             schema_version: msg.schema_version,
-            first_seq,
+            first_seq: *next,
             ingested_at_us: chrono::Utc::now().timestamp_micros(),
             rows: msg.rows,
-        });
+        };
+        // Checked here, before sequences are taken, so an oversized batch fails alone instead
+        // of failing the group it would have joined.
+        let size = record.payload_len();
+        if size > self.max_record_size {
+            let max = self.max_record_size as u32;
+            return Box::pin(async move { Err(WalError::RecordTooLarge { size, max }) });
+        }
+        *next += n;
+        self.pending.push(record);
+        let (reply, rx) = oneshot::channel();
         self.waiters.push(Waiter {
             schema: msg.schema,
             reply,

@@ -43,6 +43,17 @@ impl WalRecord {
     }
 
     /// Appends the payload encoding of the record to `out`.
+    /// Length of [`WalRecord::encode_payload`]'s output, computed without encoding.
+    pub fn payload_len(&self) -> usize {
+        2 + self.table.tenant.as_str().len()
+            + 2
+            + self.table.table.as_str().len()
+            + 4
+            + 8
+            + 8
+            + crate::row::encoded_len(&self.rows)
+    }
+
     pub(crate) fn encode_payload(&self, out: &mut Vec<u8>) {
         put_str(self.table.tenant.as_str(), out);
         put_str(self.table.table.as_str(), out);
@@ -178,6 +189,7 @@ mod tests {
             r.ingested_at_us = at;
             let mut buf = Vec::new();
             r.encode_payload(&mut buf);
+            prop_assert_eq!(r.payload_len(), buf.len());
             prop_assert!(WalRecord::plausible_payload(&buf));
             prop_assert_eq!(WalRecord::decode_payload(&buf).unwrap(), r);
         }

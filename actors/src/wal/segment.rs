@@ -1,8 +1,13 @@
 //! One segment file: its header, the record framing, and a scan that reads one segment.
 //!
-//! Header (24 bytes): `magic [8] | format_version u32 | segment_id u64 | crc32 u32` (the CRC
-//! covers the first 20 bytes). Frame: `len u32 | crc u32 | type u8 | payload[len]`, where the CRC
-//! covers the four length bytes, the type byte and the payload. All integers little endian.
+//! Header (28 bytes): `magic [8] | format_version u32 | segment_id u64 | salt u32 | crc32 u32`
+//! (the CRC covers the first 24 bytes). Frame: `len u32 | crc u32 | type u8 | payload[len]`,
+//! where the CRC covers the four length bytes, the type byte and the payload, and starts from
+//! the segment's random salt. All integers little endian.
+//!
+//! The salt keeps event payloads from passing for frames: recovery searches the bytes after a
+//! damaged frame for a valid one to tell a torn tail from corruption, and a producer who embeds
+//! a well-formed frame in an event cannot compute a checksum with a salt it never sees.
 //!
 //! The scan streams frames and checks each length against both the bytes left in the file and
 //! the maximum record size before allocating its payload. It never modifies the file: it reports
@@ -19,9 +24,9 @@ use super::{WalError, io_err};
 /// Identifies a WAL segment file.
 pub(crate) const MAGIC: [u8; 8] = *b"ALLUVWAL";
 /// Version of the segment and frame layout this build writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 2;
 /// Size of the segment header in bytes.
-pub(crate) const HEADER_LEN: u64 = 24;
+pub(crate) const HEADER_LEN: u64 = 28;
 /// Size of a frame header (`len`, `crc`, `type`) in bytes.
 pub(crate) const FRAME_HEADER_LEN: u64 = 9;
 /// Frame type of a [`WalRecord`].
@@ -76,14 +81,20 @@ pub(crate) fn parse_file_name(name: &str) -> Option<u64> {
 }
 
 /// The header of segment `id`.
-pub(crate) fn encode_header(id: u64) -> [u8; HEADER_LEN as usize] {
+pub(crate) fn encode_header(id: u64, salt: u32) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[..8].copy_from_slice(&MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     h[12..20].copy_from_slice(&id.to_le_bytes());
-    let crc = crc32fast::hash(&h[..20]);
-    h[20..].copy_from_slice(&crc.to_le_bytes());
+    h[20..24].copy_from_slice(&salt.to_le_bytes());
+    let crc = crc32fast::hash(&h[..24]);
+    h[24..].copy_from_slice(&crc.to_le_bytes());
     h
+}
+
+/// The salt bytes of a header, whether or not the header checks out.
+fn header_salt(h: &[u8; HEADER_LEN as usize]) -> u32 {
+    u32::from_le_bytes([h[20], h[21], h[22], h[23]])
 }
 
 enum HeaderError {
@@ -93,14 +104,15 @@ enum HeaderError {
     Invalid(String),
 }
 
-fn check_header(h: &[u8; HEADER_LEN as usize], expected_id: u64) -> Result<(), HeaderError> {
+/// Checks a header and returns the segment's salt.
+fn check_header(h: &[u8; HEADER_LEN as usize], expected_id: u64) -> Result<u32, HeaderError> {
     let le32 = |at: usize| u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
     if h[..8] != MAGIC {
         return Err(HeaderError::Damaged(
             "bad magic, not a wal segment header".into(),
         ));
     }
-    if crc32fast::hash(&h[..20]) != le32(20) {
+    if crc32fast::hash(&h[..24]) != le32(24) {
         return Err(HeaderError::Damaged(
             "segment header checksum mismatch".into(),
         ));
@@ -119,20 +131,26 @@ fn check_header(h: &[u8; HEADER_LEN as usize], expected_id: u64) -> Result<(), H
             "header names segment {id} but the file name says {expected_id}"
         )));
     }
-    Ok(())
+    Ok(header_salt(h))
 }
 
-fn frame_crc(len: [u8; 4], kind: u8, payload: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
+fn frame_crc(salt: u32, len: [u8; 4], kind: u8, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new_with_initial(salt);
     h.update(&len);
     h.update(&[kind]);
     h.update(payload);
     h.finalize()
 }
 
-/// Appends the frame of `record` to `out`. If the payload exceeds `max` bytes, `out` is left
-/// as it was and the payload size is returned as the error.
-pub(crate) fn encode_frame(record: &WalRecord, max: u32, out: &mut Vec<u8>) -> Result<(), usize> {
+/// Appends the frame of `record`, checksummed with the segment's `salt`, to `out`. If the
+/// payload exceeds `max` bytes, `out` is left as it was and the payload size is returned as the
+/// error.
+pub(crate) fn encode_frame(
+    record: &WalRecord,
+    salt: u32,
+    max: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), usize> {
     let start = out.len();
     let body = start + FRAME_HEADER_LEN as usize;
     out.resize(body, 0);
@@ -145,7 +163,7 @@ pub(crate) fn encode_frame(record: &WalRecord, max: u32, out: &mut Vec<u8>) -> R
             return Err(size);
         }
     };
-    let crc = frame_crc(len, RECORD_APPEND, &out[body..]);
+    let crc = frame_crc(salt, len, RECORD_APPEND, &out[body..]);
     out[start..start + 4].copy_from_slice(&len);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     out[start + 8] = RECORD_APPEND;
@@ -182,22 +200,25 @@ pub(crate) fn scan(
         })
     };
     // Damage that an interrupted write could have produced: torn only at the very end.
-    let damaged = |offset: u64, reason: String| -> Result<Option<SegmentProblem>, WalError> {
-        let torn = last && !valid_frame_after(path, offset + 1, file_len, max_record_size)?;
-        let kind = if torn {
-            ProblemKind::TornTail
-        } else {
-            ProblemKind::Corrupt
+    let damaged =
+        |salt: u32, offset: u64, reason: String| -> Result<Option<SegmentProblem>, WalError> {
+            let torn =
+                last && !valid_frame_after(path, salt, offset + 1, file_len, max_record_size)?;
+            let kind = if torn {
+                ProblemKind::TornTail
+            } else {
+                ProblemKind::Corrupt
+            };
+            Ok(Some(SegmentProblem {
+                kind,
+                offset,
+                reason,
+            }))
         };
-        Ok(Some(SegmentProblem {
-            kind,
-            offset,
-            reason,
-        }))
-    };
 
     if file_len < HEADER_LEN {
         out.problem = damaged(
+            0,
             0,
             format!("segment of {file_len} bytes has no complete header"),
         )?;
@@ -207,24 +228,28 @@ pub(crate) fn scan(
     reader
         .read_exact(&mut header)
         .map_err(io_err("read", path))?;
-    match check_header(&header, id) {
-        Ok(()) => {}
+    let salt = match check_header(&header, id) {
+        Ok(salt) => salt,
         Err(HeaderError::Damaged(reason)) => {
-            out.problem = damaged(0, reason)?;
+            out.problem = damaged(header_salt(&header), 0, reason)?;
             return Ok(out);
         }
         Err(HeaderError::Invalid(reason)) => {
             out.problem = corrupt(0, reason);
             return Ok(out);
         }
-    }
+    };
 
     let mut pos = HEADER_LEN;
     out.valid_len = pos;
     while pos < file_len {
         let remaining = file_len - pos;
         if remaining < FRAME_HEADER_LEN {
-            out.problem = damaged(pos, format!("incomplete frame header ({remaining} bytes)"))?;
+            out.problem = damaged(
+                salt,
+                pos,
+                format!("incomplete frame header ({remaining} bytes)"),
+            )?;
             break;
         }
         let mut fh = [0u8; FRAME_HEADER_LEN as usize];
@@ -237,21 +262,21 @@ pub(crate) fn scan(
         if len > max_record_size {
             let reason =
                 format!("frame length {len} exceeds the maximum record size {max_record_size}");
-            out.problem = damaged(pos, reason)?;
+            out.problem = damaged(salt, pos, reason)?;
             break;
         }
         if u64::from(len) > remaining - FRAME_HEADER_LEN {
             let left = remaining - FRAME_HEADER_LEN;
             let reason = format!("frame length {len} runs past the end of the file ({left} left)");
-            out.problem = damaged(pos, reason)?;
+            out.problem = damaged(salt, pos, reason)?;
             break;
         }
         let mut payload = vec![0u8; len as usize];
         reader
             .read_exact(&mut payload)
             .map_err(io_err("read", path))?;
-        if frame_crc(len_bytes, kind, &payload) != crc {
-            out.problem = damaged(pos, "frame checksum mismatch".into())?;
+        if frame_crc(salt, len_bytes, kind, &payload) != crc {
+            out.problem = damaged(salt, pos, "frame checksum mismatch".into())?;
             break;
         }
         if kind != RECORD_APPEND {
@@ -278,6 +303,7 @@ pub(crate) fn scan(
 /// damage before it cannot be a torn tail. Reads only bytes that exist (bounded by the file).
 fn valid_frame_after(
     path: &Path,
+    salt: u32,
     from: u64,
     file_len: u64,
     max_record_size: u32,
@@ -292,13 +318,13 @@ fn valid_frame_after(
     file.take(file_len - from)
         .read_to_end(&mut buf)
         .map_err(io_err("read", path))?;
-    Ok(contains_valid_frame(&buf, max_record_size))
+    Ok(contains_valid_frame(&buf, salt, max_record_size))
 }
 
 /// Searches `buf` at every byte offset for a complete frame with a matching checksum. Cheap
 /// plausibility checks (type, length, payload prefix) come first so that garbage or zeros cost
 /// no checksum work.
-fn contains_valid_frame(buf: &[u8], max_record_size: u32) -> bool {
+fn contains_valid_frame(buf: &[u8], salt: u32, max_record_size: u32) -> bool {
     let fh = FRAME_HEADER_LEN as usize;
     let max = max_record_size as usize;
     let mut at = 0;
@@ -310,7 +336,7 @@ fn contains_valid_frame(buf: &[u8], max_record_size: u32) -> bool {
                 let payload = &buf[at + fh..at + fh + len];
                 let crc = u32::from_le_bytes([buf[at + 4], buf[at + 5], buf[at + 6], buf[at + 7]]);
                 if WalRecord::plausible_payload(payload)
-                    && frame_crc(len_bytes, RECORD_APPEND, payload) == crc
+                    && frame_crc(salt, len_bytes, RECORD_APPEND, payload) == crc
                 {
                     return true;
                 }
@@ -353,8 +379,8 @@ mod tests {
 
     #[test]
     fn header_checks_magic_crc_and_id() {
-        let h = encode_header(9);
-        assert!(check_header(&h, 9).is_ok());
+        let h = encode_header(9, 0xdead_beef);
+        assert_eq!(check_header(&h, 9).ok(), Some(0xdead_beef));
         assert!(matches!(check_header(&h, 8), Err(HeaderError::Invalid(_))));
         let mut bad = h;
         bad[13] ^= 1;
@@ -363,7 +389,7 @@ mod tests {
             Err(HeaderError::Damaged(_))
         ));
         assert!(matches!(
-            check_header(&[0; 24], 9),
+            check_header(&[0; HEADER_LEN as usize], 9),
             Err(HeaderError::Damaged(_))
         ));
     }
@@ -371,19 +397,24 @@ mod tests {
     #[test]
     fn frames_are_found_only_when_intact() {
         let mut buf = vec![0u8; 5];
-        encode_frame(&record(), 1024, &mut buf).unwrap();
-        assert!(contains_valid_frame(&buf, 1024));
-        assert!(!contains_valid_frame(&buf[..buf.len() - 1], 1024));
+        encode_frame(&record(), 7, 1024, &mut buf).unwrap();
+        assert!(contains_valid_frame(&buf, 7, 1024));
+        // The same bytes under another segment's salt are not a frame.
+        assert!(!contains_valid_frame(&buf, 8, 1024));
+        assert!(!contains_valid_frame(&buf[..buf.len() - 1], 7, 1024));
         let last = buf.len() - 1;
         buf[last] ^= 0x40;
-        assert!(!contains_valid_frame(&buf, 1024));
-        assert!(!contains_valid_frame(&[0u8; 4096], 1024));
+        assert!(!contains_valid_frame(&buf, 7, 1024));
+        assert!(!contains_valid_frame(&[0u8; 4096], 7, 1024));
     }
 
     #[test]
     fn oversized_frame_is_refused_and_leaves_the_buffer() {
         let mut buf = vec![1, 2, 3];
-        assert_eq!(encode_frame(&record(), 10, &mut buf), Err(MIN_PAYLOAD_LEN));
+        assert_eq!(
+            encode_frame(&record(), 7, 10, &mut buf),
+            Err(MIN_PAYLOAD_LEN)
+        );
         assert_eq!(buf, vec![1, 2, 3]);
     }
 }

@@ -51,7 +51,7 @@ fn open(dir: &Path, segment_size: u64) -> Result<(Wal, Vec<WalRecord>), WalError
 
 fn frame_len(r: &WalRecord) -> u64 {
     let mut buf = Vec::new();
-    segment::encode_frame(r, u32::MAX, &mut buf).unwrap();
+    segment::encode_frame(r, 0, u32::MAX, &mut buf).unwrap();
     buf.len() as u64
 }
 
@@ -502,4 +502,33 @@ fn inspect_reports_without_modifying() {
     let p1 = reports[1].problem.as_ref().unwrap();
     assert_eq!((p1.kind, p1.offset), (ProblemKind::TornTail, HEADER_LEN));
     assert_eq!(fs::read(&second).unwrap(), bytes);
+}
+
+#[test]
+fn a_frame_forged_inside_an_event_does_not_turn_a_torn_tail_into_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    // A producer embeds a complete, well-formed frame (checksummed without the segment's
+    // secret salt, which it cannot know) in an event, as binary data.
+    let mut forged = Vec::new();
+    segment::encode_frame(&rec("t", 1, 1), 0, u32::MAX, &mut forged).unwrap();
+    let mut hostile = rec("t", 2, 1);
+    hostile.rows[0].values[1] = Value::Bytes(forged.clone());
+    let a = rec("t", 1, 1);
+    {
+        let (mut wal, _) = open(dir.path(), u64::MAX).unwrap();
+        wal.append(std::slice::from_ref(&a)).unwrap();
+        wal.append(std::slice::from_ref(&hostile)).unwrap();
+    }
+    // The crash tears the hostile record after the forged frame but before its end.
+    let path = seg(dir.path(), 1);
+    let full = fs::metadata(&path).unwrap().len();
+    let cut = full - 3;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    let (_wal, seen) = open(dir.path(), u64::MAX).expect("a torn tail must recover");
+    assert_eq!(seen, vec![a]);
 }

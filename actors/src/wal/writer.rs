@@ -65,6 +65,8 @@ struct ActiveSegment {
     file: File,
     /// Bytes written and synced, header included.
     len: u64,
+    /// Seed of the frame checksums of this segment.
+    salt: u32,
     max_seq: HashMap<TableRef, Seq>,
 }
 
@@ -154,15 +156,15 @@ impl Wal {
         if records.is_empty() {
             return Ok(());
         }
-        let max = self.config.max_record_size;
-        self.buf.clear();
-        for record in records {
-            segment::encode_frame(record, max, &mut self.buf)
-                .map_err(|size| WalError::RecordTooLarge { size, max })?;
-        }
+        // Encoded (and so size-checked) before anything changes on disk.
+        self.encode_group(records)?;
         let full = self.current.len > HEADER_LEN && self.current.len >= self.config.segment_size;
-        if full && let Err(e) = self.rotate() {
-            return Err(self.poison(format!("cannot start a new segment: {e}")));
+        if full {
+            if let Err(e) = self.rotate() {
+                return Err(self.poison(format!("cannot start a new segment: {e}")));
+            }
+            // Frames are checksummed with the segment's salt: encode again for the new one.
+            self.encode_group(records)?;
         }
         if let Err(e) = self.write_group() {
             let path = self.current.path.display().to_string();
@@ -179,6 +181,16 @@ impl Wal {
         }
         if self.buf.capacity() > KEEP_BUFFER_BYTES {
             self.buf = Vec::new();
+        }
+        Ok(())
+    }
+
+    fn encode_group(&mut self, records: &[WalRecord]) -> Result<(), WalError> {
+        let max = self.config.max_record_size;
+        self.buf.clear();
+        for record in records {
+            segment::encode_frame(record, self.current.salt, max, &mut self.buf)
+                .map_err(|size| WalError::RecordTooLarge { size, max })?;
         }
         Ok(())
     }
@@ -247,6 +259,11 @@ impl Wal {
     /// The number of segments on disk, the current one included.
     pub fn segment_count(&self) -> usize {
         self.sealed.len() + 1
+    }
+
+    /// Largest payload one record may have.
+    pub fn max_record_size(&self) -> u32 {
+        self.config.max_record_size
     }
 
     /// The directory of the log.
@@ -338,7 +355,8 @@ fn create_segment(dir: &Path, id: u64) -> Result<ActiveSegment, WalError> {
         .create_new(true)
         .open(&path)
         .map_err(io_err("create", &path))?;
-    file.write_all(&segment::encode_header(id))
+    let salt: u32 = rand::random();
+    file.write_all(&segment::encode_header(id, salt))
         .and_then(|()| file.sync_data())
         .map_err(io_err("write header of", &path))?;
     sync_dir(dir)?;
@@ -347,6 +365,7 @@ fn create_segment(dir: &Path, id: u64) -> Result<ActiveSegment, WalError> {
         path,
         file,
         len: HEADER_LEN,
+        salt,
         max_seq: HashMap::new(),
     })
 }
