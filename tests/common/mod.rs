@@ -183,7 +183,9 @@ pub fn try_send(
         .into_iter()
         .filter_map(|n| resp.header(&n).map(|v| (n.clone(), v.to_string())))
         .collect();
-    let body = resp.into_string().map_err(|e| e.to_string())?;
+    // Not into_string: it refuses bodies over 10 MB, and long crash runs read more.
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut resp.into_reader(), &mut body).map_err(|e| e.to_string())?;
     Ok(Resp {
         status,
         body,
