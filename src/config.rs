@@ -222,6 +222,10 @@ pub struct IngestSection {
     pub max_batch_rows: usize,
     /// Deepest JSON nesting in one event. Default: 32.
     pub max_depth: usize,
+    /// When a request that does not ask (`?durability=`) is answered: `wal` (after the
+    /// write-ahead log's fdatasync) or `received` (before the disk; a crash can lose it; the
+    /// answer says `"durability":"received"`). Default: `wal`.
+    pub durability: alluvium_actors::wal::messages::Durability,
 }
 
 impl Default for IngestSection {
@@ -229,6 +233,7 @@ impl Default for IngestSection {
         Self {
             max_batch_rows: 1_000_000,
             max_depth: 32,
+            durability: Default::default(),
         }
     }
 }

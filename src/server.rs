@@ -63,6 +63,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             node,
             body_limit: config.server.body_limit.0 as usize,
             metrics: Metrics::default(),
+            default_durability: config.ingest.durability,
         };
         let mut server = HttpServer::new(move || {
             let metrics = state.metrics.clone();

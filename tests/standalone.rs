@@ -66,8 +66,32 @@ fn create_ingest_read_back_flush_and_restart() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["accepted"], 2);
 
-    let rows = query_all(&server, ADMIN_KEY, "events", &json!({}));
-    assert_eq!(rows.len(), 12);
+    // A producer that prefers latency asks for less than the WAL's fsync, and is told so.
+    let r = send(
+        "POST",
+        &server.url("/v1/tables/events/events?durability=received"),
+        Some(ADMIN_KEY),
+        Some("application/json"),
+        Some(br#"{"id":100,"ts":0}"#),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["durability"], "received");
+    assert_eq!(r.json()["first_seq"], 13);
+    let r = send(
+        "POST",
+        &server.url("/v1/tables/events/events?durability=someday"),
+        Some(ADMIN_KEY),
+        Some("application/json"),
+        Some(br#"{"id":101,"ts":0}"#),
+    );
+    assert_eq!((r.status, r.code().as_str()), (400, "bad_request"), "{r:?}");
+    // The received event becomes visible once its group is on disk.
+    let seen = wait_for(std::time::Duration::from_secs(10), || {
+        let rows = query_all(&server, ADMIN_KEY, "events", &json!({}));
+        (rows.len() == 13).then_some(rows)
+    });
+    let rows = seen.expect("the received event never became visible");
+    assert!(rows.iter().any(|r| r["id"] == 100));
     let first = rows.iter().find(|r| r["id"] == 1).unwrap();
     assert_eq!(first["msg"], "hello");
     assert_eq!(first["ts"], "2026-11-25T10:00:00.000Z");
@@ -106,7 +130,7 @@ fn create_ingest_read_back_flush_and_restart() {
     )
     .unwrap();
     assert_eq!(r.header("content-type"), Some("application/x-ndjson"));
-    assert_eq!(r.body.lines().count(), 12);
+    assert_eq!(r.body.lines().count(), 13);
 
     // Flush: files appear, one per day partition, and reads are unchanged.
     let f = flush(&server, ADMIN_KEY, "events");
@@ -124,10 +148,10 @@ fn create_ingest_read_back_flush_and_restart() {
         "events",
         &json!({"include_hidden": true}),
     );
-    assert_eq!(after.len(), 12);
+    assert_eq!(after.len(), 13);
     let mut seqs: Vec<u64> = after.iter().map(|r| r["_seq"].as_u64().unwrap()).collect();
     seqs.sort();
-    assert_eq!(seqs, (1..=12).collect::<Vec<_>>());
+    assert_eq!(seqs, (1..=13).collect::<Vec<_>>());
 
     // More events after the flush live in the memtable; a restart replays them.
     let r = ingest(
@@ -136,13 +160,13 @@ fn create_ingest_read_back_flush_and_restart() {
         "events",
         &json!({"id": 13, "ts": 1_795_000_000_000i64}),
     );
-    assert_eq!(r.json()["first_seq"], 13);
+    assert_eq!(r.json()["first_seq"], 14);
     server.kill9();
     let server = Server::start(dir.path(), &[]);
     let rows = query_all(&server, ADMIN_KEY, "events", &json!({"columns": ["id"]}));
     let mut ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
     ids.sort();
-    assert_eq!(ids, (1..=13).collect::<Vec<_>>());
+    assert_eq!(ids, (1..=13).chain([100]).collect::<Vec<_>>());
     // Sequences continue after a restart.
     let r = ingest(
         &server,
@@ -150,7 +174,7 @@ fn create_ingest_read_back_flush_and_restart() {
         "events",
         &json!({"id": 14, "ts": 1_795_000_000_000i64}),
     );
-    assert_eq!(r.json()["first_seq"], 14);
+    assert_eq!(r.json()["first_seq"], 15);
 
     // Table metadata.
     let r = send(

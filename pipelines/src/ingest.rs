@@ -11,7 +11,7 @@ use alluvium_actors::schema::messages::{
     CreateTable, Created, GetTable, ListTables, TableInfo, Validate,
 };
 use alluvium_actors::schema::translate::BodyFormat;
-use alluvium_actors::wal::messages::Append;
+use alluvium_actors::wal::messages::{Append, Durability};
 use bytes::Bytes;
 use serde::Serialize;
 
@@ -26,7 +26,8 @@ pub struct IngestAck {
     pub first_seq: u64,
     /// Sequence of the last event.
     pub last_seq: u64,
-    /// Durability reached: `wal` (in the write-ahead log, fdatasync returned).
+    /// Durability reached: `wal` (in the write-ahead log, fdatasync returned) or `received`
+    /// (validated and sequenced, not yet on disk) when the request asked for no more.
     pub durability: &'static str,
 }
 
@@ -49,13 +50,14 @@ impl Node {
     }
 
     /// Validates a batch against the table's schema and makes it durable; the whole batch or
-    /// nothing. Needs the `ingest` scope.
+    /// nothing. Answers once `durability` is reached. Needs the `ingest` scope.
     pub async fn ingest(
         &self,
         principal: &Principal,
         table: &str,
         body: Bytes,
         format: BodyFormat,
+        durability: Durability,
     ) -> Result<IngestAck, PipelineError> {
         principal.require(Scope::Ingest)?;
         let table = Self::table_ref(principal, table)?;
@@ -76,13 +78,14 @@ impl Node {
                 schema: validated.schema,
                 schema_version: validated.schema_version,
                 rows: validated.rows,
+                durability,
             })
             .await??;
         Ok(IngestAck {
             accepted,
             first_seq: durable.first_seq,
             last_seq: durable.last_seq,
-            durability: "wal",
+            durability: durability.as_str(),
         })
     }
 

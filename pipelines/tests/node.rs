@@ -11,6 +11,7 @@ use alluvium_actors::memtable::MemtableConfig;
 use alluvium_actors::schema::TableSchema;
 use alluvium_actors::schema::translate::{BatchLimits, BodyFormat};
 use alluvium_actors::wal::WalConfig;
+use alluvium_actors::wal::messages::Durability;
 use alluvium_pipelines::query::QueryRequest;
 use alluvium_pipelines::{Node, NodeConfig, PipelineError};
 use bytes::Bytes;
@@ -58,7 +59,9 @@ fn concurrent_ingest_groups_commits_and_survives_restart() {
             let (node, p) = (node.clone(), p.clone());
             async move {
                 let body = Bytes::from(format!("[{{\"n\":{i}}},{{\"n\":{i}}}]"));
-                node.ingest(&p, "t", body, BodyFormat::Json).await.unwrap()
+                node.ingest(&p, "t", body, BodyFormat::Json, Durability::Wal)
+                    .await
+                    .unwrap()
             }
         }))
         .await;
@@ -83,9 +86,15 @@ fn concurrent_ingest_groups_commits_and_survives_restart() {
 
         // Half of it goes to Parquet; the rest stays in the WAL only.
         assert!(node.flush(&p, "t").await.unwrap().is_some());
-        node.ingest(&p, "t", Bytes::from_static(b"{\"n\":-1}"), BodyFormat::Json)
-            .await
-            .unwrap();
+        node.ingest(
+            &p,
+            "t",
+            Bytes::from_static(b"{\"n\":-1}"),
+            BodyFormat::Json,
+            Durability::Wal,
+        )
+        .await
+        .unwrap();
         assert_eq!(count(&node, &p).await, 401);
     });
 
@@ -95,7 +104,13 @@ fn concurrent_ingest_groups_commits_and_survives_restart() {
         let p = admin(&node).await;
         assert_eq!(count(&node, &p).await, 401);
         let ack = node
-            .ingest(&p, "t", Bytes::from_static(b"{\"n\":7}"), BodyFormat::Json)
+            .ingest(
+                &p,
+                "t",
+                Bytes::from_static(b"{\"n\":7}"),
+                BodyFormat::Json,
+                Durability::Wal,
+            )
             .await
             .unwrap();
         assert_eq!(ack.first_seq, 402);
@@ -111,20 +126,26 @@ fn memory_budget_pushes_back_without_writing() {
         let p = admin(&node).await;
         node.create_table(&p, "t", schema()).await.unwrap();
         let batch = Bytes::from(format!("[{}]", vec!["{\"n\":1}"; 100].join(",")));
-        node.ingest(&p, "t", batch.clone(), BodyFormat::Json)
+        node.ingest(&p, "t", batch.clone(), BodyFormat::Json, Durability::Wal)
             .await
             .unwrap();
         let err = node
-            .ingest(&p, "t", batch, BodyFormat::Json)
+            .ingest(&p, "t", batch, BodyFormat::Json, Durability::Wal)
             .await
             .unwrap_err();
         assert!(matches!(err, PipelineError::Overloaded { .. }), "{err}");
         assert_eq!(count(&node, &p).await, 100);
         // A flush frees the memtable and ingest resumes.
         node.flush(&p, "t").await.unwrap();
-        node.ingest(&p, "t", Bytes::from_static(b"{\"n\":2}"), BodyFormat::Json)
-            .await
-            .unwrap();
+        node.ingest(
+            &p,
+            "t",
+            Bytes::from_static(b"{\"n\":2}"),
+            BodyFormat::Json,
+            Durability::Wal,
+        )
+        .await
+        .unwrap();
         assert_eq!(count(&node, &p).await, 101);
     });
 }
@@ -151,7 +172,9 @@ fn wal_segments_are_deleted_while_ingest_never_pauses() {
                             "[{}]",
                             vec![format!("{{\"n\":{i}}}"); 20].join(",")
                         ));
-                        node.ingest(&p, "t", body, BodyFormat::Json).await.unwrap();
+                        node.ingest(&p, "t", body, BodyFormat::Json, Durability::Wal)
+                            .await
+                            .unwrap();
                     }
                 })
             })

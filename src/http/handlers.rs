@@ -11,6 +11,7 @@ use alluvium_actors::schema::TableSchema;
 use alluvium_actors::schema::arrow::write_json_rows;
 use alluvium_actors::schema::messages::TableInfo;
 use alluvium_actors::schema::translate::BodyFormat;
+use alluvium_actors::wal::messages::Durability;
 use alluvium_pipelines::PipelineError;
 use alluvium_pipelines::query::QueryRequest;
 use bytes::{Bytes, BytesMut};
@@ -165,6 +166,14 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse> {
     )))
 }
 
+/// Options of `POST /v1/tables/{table}/events`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngestParams {
+    /// `wal` (answer after fdatasync) or `received` (answer before the disk).
+    durability: Option<Durability>,
+}
+
 pub async fn ingest(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -183,9 +192,15 @@ pub async fn ingest(
             )));
         }
     };
+    let params = web::Query::<IngestParams>::from_query(req.query_string())
+        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
+    let durability = params.durability.unwrap_or(state.default_durability);
     let body = read_body(&req, payload, state.body_limit).await?;
     let bytes = body.len();
-    let ack = state.node.ingest(&principal, &table, body, format).await?;
+    let ack = state
+        .node
+        .ingest(&principal, &table, body, format, durability)
+        .await?;
     state.metrics.ingested(ack.accepted as u64, bytes as u64);
     Ok(HttpResponse::Ok().json(ack))
 }

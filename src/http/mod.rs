@@ -20,6 +20,8 @@ pub struct AppState {
     pub body_limit: usize,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
+    /// Durability of ingest requests that do not ask for one.
+    pub default_durability: alluvium_actors::wal::messages::Durability,
 }
 
 /// Registers every route.

@@ -23,7 +23,7 @@ use actix::{
 };
 use tokio::sync::oneshot;
 
-use super::messages::{Append, Durable};
+use super::messages::{Append, Durability, Durable};
 use super::{Wal, WalError, WalRecord};
 use crate::catalog::CatalogActor;
 use crate::catalog::messages::Snapshot;
@@ -38,10 +38,19 @@ const MAILBOX_CAPACITY: usize = 4096;
 /// How often sealed segments are checked against the catalog's committed positions.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What a request needs back once its record is durable.
+/// What a request needs back once its record is durable. `reply` is `None` for requests
+/// answered on receipt.
 struct Waiter {
     schema: Arc<TableSchema>,
-    reply: oneshot::Sender<Result<Durable, WalError>>,
+    reply: Option<oneshot::Sender<Result<Durable, WalError>>>,
+}
+
+impl Waiter {
+    fn answer(self, res: Result<Durable, WalError>) {
+        if let Some(reply) = self.reply {
+            let _ = reply.send(res);
+        }
+    }
 }
 
 /// Counters of the log's work, shared with the metrics endpoint.
@@ -125,7 +134,7 @@ impl WalActor {
         tracing::error!(error = %err, "wal refuses writes until restart");
         self.pending.clear();
         for w in self.waiters.drain(..) {
-            let _ = w.reply.send(Err(err.clone()));
+            w.answer(Err(err.clone()));
         }
         self.poisoned = Some(err);
     }
@@ -186,7 +195,7 @@ impl WalActor {
                             // Refused before anything was written (a record over the limit).
                             tracing::warn!(error = %e, requests = waiters.len(), "wal refused a commit group");
                             for w in waiters {
-                                let _ = w.reply.send(Err(e.clone()));
+                                w.answer(Err(e.clone()));
                             }
                         }
                         return actix::fut::ready(()).boxed_local();
@@ -215,7 +224,9 @@ impl WalActor {
                                 lost = Some(e.to_string());
                             }
                             // Durable either way: the WAL holds it and a restart replays it.
-                            let _ = w.reply.send(Ok(durable));
+                            if let Some(reply) = w.reply {
+                                let _ = reply.send(Ok(durable));
+                            }
                         }
                         lost
                     }
@@ -297,7 +308,7 @@ impl Supervised for WalActor {
         // hanging. The log itself and the sequence counters stay valid.
         self.pending.clear();
         for w in self.waiters.drain(..) {
-            let _ = w.reply.send(Err(WalError::Poisoned {
+            w.answer(Err(WalError::Poisoned {
                 cause: "wal actor restarted".into(),
             }));
         }
@@ -329,11 +340,23 @@ impl Handler<Append> for WalActor {
             return Box::pin(async move { Err(WalError::RecordTooLarge { size, max }) });
         }
         *next += n;
+        let durable = Durable {
+            first_seq: record.first_seq,
+            last_seq: record.last_seq(),
+        };
         self.pending.push(record);
+        if msg.durability == Durability::Received {
+            self.waiters.push(Waiter {
+                schema: msg.schema,
+                reply: None,
+            });
+            self.start_commit(ctx);
+            return Box::pin(async move { Ok(durable) });
+        }
         let (reply, rx) = oneshot::channel();
         self.waiters.push(Waiter {
             schema: msg.schema,
-            reply,
+            reply: Some(reply),
         });
         self.start_commit(ctx);
         Box::pin(async move {

@@ -23,6 +23,30 @@ pub struct Append {
     pub schema_version: u32,
     /// The rows, in request order.
     pub rows: Vec<Row>,
+    /// When to answer.
+    pub durability: Durability,
+}
+
+/// The point at which an append is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// After the group's `fdatasync` returned and the rows are visible to reads (default).
+    #[default]
+    Wal,
+    /// As soon as the batch is validated and sequenced, before it reaches the disk: a crash
+    /// in the next moments can lose it. For producers that prefer latency and can resend.
+    Received,
+}
+
+impl Durability {
+    /// The name used in requests and acknowledgements.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Wal => "wal",
+            Durability::Received => "received",
+        }
+    }
 }
 
 impl fmt::Debug for Append {
