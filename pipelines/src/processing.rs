@@ -74,7 +74,7 @@ impl Node {
             ))
         })?;
         let storage = Storage::local(&config.data_dir)?;
-        let state = catalog::log::load_from(&storage, CatalogState::default())
+        let state = catalog::checkpoint::load(&storage)
             .await
             .map_err(|e| PipelineError::Unavailable(e.to_string()))?;
         tracing::info!(

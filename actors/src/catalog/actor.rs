@@ -7,7 +7,7 @@ use actix::{
 };
 
 use super::messages::{Commit, Snapshot};
-use super::{CatalogError, CatalogState, log};
+use super::{CatalogError, CatalogState, checkpoint, log};
 use crate::storage::Storage;
 
 /// Commits are few (one per table creation or flush), so a small mailbox suffices; a full one
@@ -61,10 +61,22 @@ impl Handler<Commit> for CatalogActor {
         AtomicResponse::new(Box::pin(
             async move { log::commit(&storage, state, msg.operation, &msg.actions).await }
                 .into_actor(self)
-                .map(|(state, res), act, _| {
+                .map(|(state, res), act, ctx| {
                     // Keep what was read even when the commit failed: later commits and
                     // snapshots start from the newest known version.
                     act.state = state.clone();
+                    if res.is_ok() && state.version % checkpoint::CHECKPOINT_EVERY == 0 {
+                        let storage = act.storage.clone();
+                        let snapshot = state.clone();
+                        ctx.spawn(
+                            async move {
+                                if let Err(e) = checkpoint::write(&storage, &snapshot).await {
+                                    tracing::warn!(version = snapshot.version, error = %e, "catalog checkpoint failed");
+                                }
+                            }
+                            .into_actor(act),
+                        );
+                    }
                     res.map(|()| state)
                 }),
         ))

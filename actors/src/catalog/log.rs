@@ -36,7 +36,8 @@ pub fn commit_path(version: u64) -> ObjectPath {
     ObjectPath::from(format!("{LOG_PREFIX}/{version:020}.json"))
 }
 
-fn parse_version(path: &ObjectPath) -> Option<u64> {
+/// The version in a `{version:020}.json` object name.
+pub(crate) fn parse_version(path: &ObjectPath) -> Option<u64> {
     let name = path.filename()?;
     let digits = name.strip_suffix(".json")?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {

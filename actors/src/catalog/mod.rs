@@ -1,11 +1,13 @@
 //! The catalog: tables, schema versions, data files and log positions, kept as a transaction
-//! log on the object store (see [`log`]) and served as immutable snapshots ([`state`]).
+//! log on the object store (see [`log`]), summarized every hundred versions in a
+//! [`checkpoint`], and served as immutable snapshots ([`state`]).
 //!
 //! Every change (table created, files flushed) is one commit; a reader pins one
 //! `Arc<CatalogState>` and sees that version whole. The [`actor::CatalogActor`] serializes
 //! commits of this process; the conditional put of each version fences other writers.
 
 pub mod actor;
+pub mod checkpoint;
 pub mod log;
 pub mod messages;
 pub mod state;

@@ -1,0 +1,183 @@
+//! Catalog checkpoints: the whole state at a version, `catalog/checkpoint/{version:020}.json`,
+//! so that loading reads one checkpoint and the commits after it instead of every commit since
+//! the first.
+//!
+//! A checkpoint is only a shortcut: the log stays the truth. Loading takes the newest
+//! checkpoint that reads back whole and falls back to older ones (or to the full log) when one
+//! is damaged; writing one may fail without harm.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::path::Path as ObjectPath;
+use serde::{Deserialize, Serialize};
+
+use super::CatalogError;
+use super::log::{load_from, parse_version};
+use super::state::{CatalogState, DataFile, TableEntry};
+use crate::ids::{Seq, TableRef};
+use crate::schema::TableSchema;
+use crate::storage::Storage;
+
+/// Folder of the checkpoints.
+pub const CHECKPOINT_PREFIX: &str = "catalog/checkpoint";
+
+/// A checkpoint is written every this many versions.
+pub const CHECKPOINT_EVERY: u64 = 100;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Checkpoint {
+    version: u64,
+    tables: Vec<CheckpointTable>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointTable {
+    table: TableRef,
+    schema_version: u32,
+    schema: TableSchema,
+    files: Vec<DataFile>,
+    committed_seq: Seq,
+    created_in: u64,
+}
+
+/// Object path of the checkpoint at `version`.
+pub fn checkpoint_path(version: u64) -> ObjectPath {
+    ObjectPath::from(format!("{CHECKPOINT_PREFIX}/{version:020}.json"))
+}
+
+fn encode(state: &CatalogState) -> Result<Vec<u8>, CatalogError> {
+    let cp = Checkpoint {
+        version: state.version,
+        tables: state
+            .tables
+            .iter()
+            .map(|(t, e)| CheckpointTable {
+                table: t.clone(),
+                schema_version: e.schema_version,
+                schema: (*e.schema).clone(),
+                files: e.files.iter().map(|f| (**f).clone()).collect(),
+                committed_seq: e.committed_seq,
+                created_in: e.created_in,
+            })
+            .collect(),
+    };
+    serde_json::to_vec(&cp).map_err(|e| CatalogError::Encode(e.to_string()))
+}
+
+fn decode(bytes: &[u8]) -> Result<CatalogState, String> {
+    let cp: Checkpoint = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let mut tables = BTreeMap::new();
+    for t in cp.tables {
+        let entry = TableEntry {
+            schema_version: t.schema_version,
+            schema: Arc::new(t.schema),
+            files: t.files.into_iter().map(Arc::new).collect(),
+            committed_seq: t.committed_seq,
+            created_in: t.created_in,
+        };
+        if tables.insert(t.table.clone(), Arc::new(entry)).is_some() {
+            return Err(format!("table {} appears twice", t.table));
+        }
+    }
+    Ok(CatalogState {
+        version: cp.version,
+        tables,
+    })
+}
+
+/// Writes a checkpoint of `state`.
+pub async fn write(storage: &Storage, state: &CatalogState) -> Result<(), CatalogError> {
+    let bytes = encode(state)?;
+    storage
+        .put(&checkpoint_path(state.version), Bytes::from(bytes))
+        .await?;
+    Ok(())
+}
+
+/// Loads the catalog: the newest readable checkpoint, then every commit after it.
+pub async fn load(storage: &Storage) -> Result<CatalogState, CatalogError> {
+    let mut checkpoints: Vec<(u64, ObjectPath)> = storage
+        .list(&ObjectPath::from(CHECKPOINT_PREFIX))
+        .await?
+        .into_iter()
+        .filter_map(|m| parse_version(&m.location).map(|v| (v, m.location)))
+        .collect();
+    checkpoints.sort_by_key(|(v, _)| std::cmp::Reverse(*v));
+    for (version, path) in checkpoints {
+        let bytes = storage.get(&path).await?;
+        match decode(&bytes) {
+            Ok(state) if state.version == version => {
+                tracing::info!(version, "catalog checkpoint loaded");
+                return load_from(storage, state).await;
+            }
+            Ok(state) => {
+                tracing::warn!(path = %path, found = state.version, "catalog checkpoint names another version, skipped")
+            }
+            Err(reason) => {
+                tracing::warn!(path = %path, %reason, "unreadable catalog checkpoint, skipped")
+            }
+        }
+    }
+    load_from(storage, CatalogState::default()).await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::catalog::log::{commit, commit_path};
+    use crate::catalog::state::Action;
+    use crate::ids::{TableName, TenantId};
+
+    fn t(name: &str) -> TableRef {
+        TableRef::new(
+            TenantId::new("acme").unwrap(),
+            TableName::new(name).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn loads_from_the_newest_good_checkpoint_plus_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::local(dir.path()).unwrap();
+        let schema: TableSchema =
+            serde_json::from_str(r#"{"fields":[{"name":"a","type":"int64"}]}"#).unwrap();
+        let mut state = Arc::new(CatalogState::default());
+        for i in 0..5 {
+            let (next, res) = commit(
+                &storage,
+                state,
+                "create_table",
+                &[Action::CreateTable {
+                    table: t(&format!("t{i}")),
+                    schema: schema.clone(),
+                }],
+            )
+            .await;
+            res.unwrap();
+            state = next;
+            if state.version == 3 {
+                write(&storage, &state).await.unwrap();
+            }
+        }
+        let full = load_from(&storage, CatalogState::default()).await.unwrap();
+        assert_eq!(load(&storage).await.unwrap(), full);
+
+        // With the checkpoint, commits up to 3 are not read: remove them to prove it.
+        for v in 1..=3 {
+            storage.delete(&commit_path(v)).await.unwrap();
+        }
+        assert_eq!(load(&storage).await.unwrap(), full);
+
+        // A damaged newer checkpoint is skipped in favour of an older one.
+        storage
+            .put(&checkpoint_path(4), Bytes::from_static(b"{\"version\":4,"))
+            .await
+            .unwrap();
+        assert_eq!(load(&storage).await.unwrap(), full);
+    }
+}
