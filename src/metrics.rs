@@ -75,6 +75,30 @@ impl Metrics {
                 load(&wal.records),
             ),
             (
+                "alluvium_wal_segments_deleted_total",
+                "counter",
+                "WAL segments deleted once the catalog committed their events.",
+                load(&wal.segments_deleted),
+            ),
+            (
+                "alluvium_wal_poisoned",
+                "gauge",
+                "1 when the WAL refuses writes after a failed write or fsync.",
+                u64::from(wal.poisoned.load(Ordering::Relaxed)),
+            ),
+            (
+                "alluvium_flush_failures_total",
+                "counter",
+                "Failed flush attempts (memtables are kept and retried).",
+                node.flush_health().0,
+            ),
+            (
+                "alluvium_flush_failing_tables",
+                "gauge",
+                "Tables whose last flush attempt failed.",
+                node.flush_health().1 as u64,
+            ),
+            (
                 "alluvium_memtable_bytes",
                 "gauge",
                 "Bytes held by memtables, active and frozen.",

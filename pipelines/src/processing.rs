@@ -134,6 +134,24 @@ impl Node {
         self.gauge.bytes()
     }
 
+    /// Whether the node can take writes: `Err` says why not (the WAL refuses writes after a
+    /// failed write or fsync until restart).
+    pub fn ready(&self) -> Result<(), String> {
+        if self
+            .wal_stats
+            .poisoned
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err("the write-ahead log refuses writes after a failed write or fsync; restart the node".into());
+        }
+        Ok(())
+    }
+
+    /// Failed flush attempts since start, and tables whose memtables wait for a retry.
+    pub fn flush_health(&self) -> (u64, usize) {
+        (self.gauge.flush_failures(), self.gauge.failing_tables())
+    }
+
     /// Counters of the write-ahead log.
     pub fn wal_stats(&self) -> &WalStats {
         &self.wal_stats

@@ -144,12 +144,19 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
 
-pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    // The node accepts requests once recovery finished, which happens before the server binds.
-    let _ = state;
-    HttpResponse::Ok()
-        .content_type("text/plain")
-        .body("ready\n")
+/// Ready once recovery finished (before the server binds) and as long as writes are possible.
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse> {
+    state
+        .node
+        .ready()
+        .map_err(|reason| ApiError::Pipeline(PipelineError::Unavailable(reason)))?;
+    let (_, failing) = state.node.flush_health();
+    let body = if failing > 0 {
+        format!("ready (flushes of {failing} table(s) failing and being retried)\n")
+    } else {
+        "ready\n".to_string()
+    };
+    Ok(HttpResponse::Ok().content_type("text/plain").body(body))
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {

@@ -157,6 +157,9 @@ impl MemtableActor {
             mems.flushing = false;
             match res {
                 Ok(state) => {
+                    if mems.failures > 0 {
+                        act.gauge.flush_recovered();
+                    }
                     mems.failures = 0;
                     if mems.frozen.front().is_some_and(|m| m.id() == memtable.id()) {
                         mems.frozen.pop_front();
@@ -173,6 +176,7 @@ impl MemtableActor {
                     act.maybe_flush(table, ctx);
                 }
                 Err(e) => {
+                    act.gauge.flush_failed(mems.failures == 0);
                     mems.failures += 1;
                     let delay = act.config.retry_backoff * 2u32.pow(mems.failures.min(6) - 1);
                     tracing::error!(table = %table, error = %e, retry_in = ?delay, "flush failed, memtable kept");
@@ -226,7 +230,11 @@ impl Supervised for MemtableActor {
         // replies went to the stopped context); `started` re-drives them.
         for mems in self.tables.values_mut() {
             mems.flushing = false;
-            mems.failures = 0;
+            // The scheduled retry died with the old context: let the timer drive it again.
+            if mems.failures > 0 {
+                self.gauge.flush_recovered();
+                mems.failures = 0;
+            }
             for (_, w) in mems.waiters.drain(..) {
                 let _ = w.send(Err(FlushError::Mailbox("memtable actor restarted".into())));
             }
@@ -290,7 +298,7 @@ impl Handler<FlushTable> for MemtableActor {
         };
         let (tx, rx) = oneshot::channel();
         mems.waiters.push((target, tx));
-        mems.failures = 0;
+        // Try now, even if a retry after a failure is scheduled for later.
         self.maybe_flush(msg.table, ctx);
         Box::pin(async move {
             rx.await

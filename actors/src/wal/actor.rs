@@ -62,6 +62,8 @@ pub struct WalStats {
     pub records: AtomicU64,
     /// Segments deleted after their events were committed to files.
     pub segments_deleted: AtomicU64,
+    /// Set once the log refuses writes (a failed write or fsync); cleared only by a restart.
+    pub poisoned: std::sync::atomic::AtomicBool,
 }
 
 /// Owns the WAL and the per-table sequence counters.
@@ -132,6 +134,7 @@ impl WalActor {
     /// Refuses writes from now on and fails every request still waiting.
     fn poison(&mut self, err: WalError) {
         tracing::error!(error = %err, "wal refuses writes until restart");
+        self.stats.poisoned.store(true, Ordering::Relaxed);
         self.pending.clear();
         for w in self.waiters.drain(..) {
             w.answer(Err(err.clone()));
