@@ -99,7 +99,6 @@ struct Plan {
     start: Instant,
     deadline: Option<Instant>,
     rate: Option<f64>,
-    base_ts_ms: i64,
     next_batch: AtomicU64,
 }
 
@@ -126,6 +125,10 @@ impl ConnStats {
     }
 }
 
+fn now_ms() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or_default()
+}
+
 fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(60))
@@ -136,7 +139,7 @@ fn agent() -> ureq::Agent {
 fn connection(plan: &Plan) -> ConnStats {
     let agent = agent();
     let mut stats = ConnStats::default();
-    let mut template = BatchBody::new(&plan.run, 0, plan.batch as usize, plan.base_ts_ms);
+    let mut template = BatchBody::new(&plan.run, 0, plan.batch as usize, now_ms());
     let mut consecutive_errors = 0;
     loop {
         if plan.deadline.is_some_and(|d| Instant::now() >= d) {
@@ -158,10 +161,10 @@ fn connection(plan: &Plan) -> ConnStats {
         stats.sent_end = stats.sent_end.max(first + count);
         let partial;
         let body = if count == plan.batch {
-            template.renumber(first);
+            template.renumber(first, now_ms());
             &template
         } else {
-            partial = BatchBody::new(&plan.run, first, count as usize, plan.base_ts_ms);
+            partial = BatchBody::new(&plan.run, first, count as usize, now_ms());
             &partial
         };
         if send_batch(&agent, plan, body, first, &mut stats) {
@@ -391,7 +394,6 @@ fn run_http(args: HttpArgs) -> anyhow::Result<ExitCode> {
         start,
         deadline: args.events.is_none().then(|| start + args.duration.0),
         rate: args.rate,
-        base_ts_ms: chrono::Utc::now().timestamp_millis(),
         next_batch: AtomicU64::new(0),
     };
     let conns: Vec<ConnStats> = std::thread::scope(|s| {
