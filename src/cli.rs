@@ -1,4 +1,4 @@
-//! The command line: `serve`, `token mint`, `wal inspect|verify`.
+//! The command line: `serve`, `token mint`, `wal inspect|verify`, `bench http`.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -31,6 +31,9 @@ enum Command {
     /// Looks at the write-ahead log without changing it.
     #[command(subcommand)]
     Wal(WalCommand),
+    /// Load generators against a running server.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +114,7 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Bench(cmd) => crate::bench::run(cmd),
         Command::Serve(args) => {
             let mut config = args.config.load()?;
             let _guard = crate::telemetry::init("info", &config.telemetry)?;

@@ -7,6 +7,7 @@
 //! assembles a node and serves the [`http`] API, and [`telemetry`]. The pipeline itself lives
 //! in `alluvium-pipelines`, its components in `alluvium-actors`.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod http;
