@@ -161,11 +161,16 @@ impl MemtableActor {
                         act.gauge.flush_recovered();
                     }
                     mems.failures = 0;
+                    let mut flushed = None;
                     if mems.frozen.front().is_some_and(|m| m.id() == memtable.id()) {
-                        mems.frozen.pop_front();
+                        flushed = mems.frozen.pop_front();
                         act.gauge.sub(memtable.bytes());
                     }
                     let done = memtable.seq_range().map_or(0, |(_, max)| max);
+                    // Freeing a memtable means freeing every row in it: tens of milliseconds
+                    // for a large one, which must not stall this thread (and the actors that
+                    // share it) while ingest waits.
+                    tokio::task::spawn_blocking(move || drop((flushed, memtable)));
                     let (ready, waiting): (Vec<_>, Vec<_>) =
                         mems.waiters.drain(..).partition(|(target, _)| *target <= done);
                     mems.waiters = waiting;
