@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer};
 
 /// Environment variables with the `ALLUVIUM_` prefix that are not configuration keys (besides
 /// `ALLUVIUM_TEST_*`, which belong to the test suite).
-const NOT_CONFIG: [&str; 4] = ["BOOTSTRAP_KEY", "LOG", "LOG_FORMAT", "CONFIG"];
+const NOT_CONFIG: [&str; 5] = ["BOOTSTRAP_KEY", "LOG", "LOG_FORMAT", "CONFIG", "FAILPOINTS"];
 
 /// Errors of loading the configuration.
 #[derive(Debug, thiserror::Error)]

@@ -41,6 +41,9 @@ pub fn node_config(config: &Config) -> NodeConfig {
 
 /// Runs a standalone node until SIGINT/SIGTERM.
 pub fn serve(config: Config) -> anyhow::Result<()> {
+    // Before anything touches the disk, so a failpoint can fire at the first write.
+    alluvium_actors::failpoint::init_from_env()
+        .with_context(|| format!("bad {}", alluvium_actors::failpoint::ENV_VAR))?;
     let system = actix_web::rt::System::new();
     system.block_on(async move {
         let node = Node::start(node_config(&config))

@@ -2,14 +2,18 @@
 //! exactly once, and nothing that was never sent appears.
 //!
 //! Memtables are tiny here so that flushes and catalog commits happen all the time and the
-//! kill lands in the middle of them too. `ALLUVIUM_TEST_CRASH_CYCLES` sets the number of kill
-//! cycles (default 3).
+//! kill lands in the middle of them too. Every third cycle (the second one first) the server
+//! runs with an abort failpoint instead (`ALLUVIUM_FAILPOINTS`), so the crash lands exactly
+//! between a flush's Parquet write and its commit, right after a catalog commit, or between a
+//! WAL write and its fsync. `ALLUVIUM_TEST_CRASH_CYCLES` sets the number of kill cycles
+//! (default 3).
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
+use std::os::unix::process::ExitStatusExt as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -82,6 +86,15 @@ fn produce(
     }
 }
 
+/// An abort failpoint at a random point of the durability path, on a random early hit.
+fn random_failpoint(rng: &mut impl Rng) -> String {
+    match rng.random_range(0..3) {
+        0 => format!("flush.after_write=abort@{}", rng.random_range(1..=5)),
+        1 => format!("catalog.after_commit=abort@{}", rng.random_range(1..=5)),
+        _ => format!("wal.sync=abort@{}", rng.random_range(1..=100)),
+    }
+}
+
 #[test]
 fn kill9_during_ingest_loses_and_doubles_nothing() {
     let cycles: usize = std::env::var("ALLUVIUM_TEST_CRASH_CYCLES")
@@ -105,8 +118,14 @@ fn kill9_during_ingest_loses_and_doubles_nothing() {
             ]}),
         );
     }
+    let mut aborted = 0;
     for cycle in 0..cycles {
-        let mut server = Server::start(dir.path(), &env);
+        let failpoint = (cycle % 3 == 1).then(|| random_failpoint(&mut rng));
+        let mut cycle_env: Vec<(&str, &str)> = env.clone();
+        if let Some(fp) = &failpoint {
+            cycle_env.push(("ALLUVIUM_FAILPOINTS", fp));
+        }
+        let mut server = Server::start(dir.path(), &cycle_env);
         let stop = Arc::new(AtomicBool::new(false));
         let handles: Vec<_> = (0..PRODUCERS)
             .map(|p| {
@@ -114,8 +133,25 @@ fn kill9_during_ingest_loses_and_doubles_nothing() {
                 std::thread::spawn(move || produce(base, p, cycle, stop, oracle))
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(rng.random_range(300..1500)));
-        server.kill9();
+        match &failpoint {
+            Some(fp) => {
+                // Flushes start within a fraction of a second and commit groups are many: the
+                // failpoint fires long before this deadline unless something is stuck.
+                let status = server.wait_exit(Duration::from_secs(30));
+                let signal = status.and_then(|s| s.signal());
+                assert_eq!(
+                    signal,
+                    Some(6),
+                    "cycle {cycle}: failpoint {fp} did not abort: {status:?}"
+                );
+                eprintln!("cycle {cycle}: aborted by failpoint {fp}: {status:?}");
+                aborted += 1;
+            }
+            None => {
+                std::thread::sleep(Duration::from_millis(rng.random_range(300..1500)));
+                server.kill9();
+            }
+        }
         stop.store(true, Ordering::Relaxed);
         for h in handles {
             h.join().unwrap();
@@ -148,7 +184,7 @@ fn kill9_during_ingest_loses_and_doubles_nothing() {
         .filter(|id| !o.acked.contains(*id) && !o.unknown.contains(*id))
         .collect();
     eprintln!(
-        "{} acknowledged, {} stored, {} lost, {} doubled, {} unexpected",
+        "{cycles} cycles ({aborted} by failpoint): {} acknowledged, {} stored, {} lost, {} doubled, {} unexpected",
         o.acked.len(),
         rows.len(),
         lost.len(),

@@ -8,12 +8,14 @@
 //! - [`flush`]: frozen memtables -> sorted Parquet files -> catalog commit.
 //! - [`catalog`]: the transaction log of tables, schema versions, files and log positions.
 //! - [`storage`]: the object store (durable local puts) and Parquet encoding shared by the above.
+//! - [`failpoint`]: fault injection at named points of the durability path, for tests.
 //!
 //! Data flows `schema -> wal -> memtable -> flush -> storage + catalog`; the wiring of these
 //! actors into a pipeline lives in `alluvium-pipelines`.
 
 pub mod auth;
 pub mod catalog;
+pub mod failpoint;
 pub mod flush;
 pub mod ids;
 pub mod memtable;

@@ -2,7 +2,9 @@
 //!
 //! Start-up order matters for exactly-once: the catalog is loaded first, so WAL replay can skip
 //! every event the catalog already has in files (the committed sequence per table); replayed
-//! events go into memtables before any actor runs; sequence counters resume past both.
+//! events go into memtables before any actor runs; sequence counters resume past both. Orphan
+//! data files (written by a flush that never committed) are deleted between loading the catalog
+//! and starting the flush actor.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,7 +16,7 @@ use alluvium_actors::auth::{
     self, AuthActor, Authenticator, Bootstrap, JwtConfig, JwtVerifier, KeyStore,
 };
 use alluvium_actors::catalog::{self, CatalogActor, CatalogState};
-use alluvium_actors::flush::FlushActor;
+use alluvium_actors::flush::{FlushActor, gc};
 use alluvium_actors::ids::{Seq, TableRef};
 use alluvium_actors::memtable::{MemoryGauge, MemtableActor, MemtableConfig};
 use alluvium_actors::schema::actor::SchemaActor;
@@ -83,6 +85,17 @@ impl Node {
             store = storage.description(),
             "catalog loaded"
         );
+        // Before any flush can run, so every unreferenced data file is an orphan of a flush
+        // that died before its commit. Failing to collect them costs space, not correctness.
+        match gc::remove_orphans(&storage, &state).await {
+            Ok(report) if report.files > 0 => tracing::info!(
+                files = report.files,
+                bytes = report.bytes,
+                "orphan data files removed"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "orphan gc failed, unreferenced files kept"),
+        }
         let state = Arc::new(state);
 
         let catalog_actor = CatalogActor::new(storage.clone(), state.clone());

@@ -2,7 +2,7 @@
 //! with its own data directory, talk HTTP to it, stop or kill it.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -95,6 +95,11 @@ impl Server {
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
+
+    /// Waits up to `timeout` for the process to exit on its own; its status if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        wait_for(timeout, || self.child.try_wait().ok().flatten())
+    }
 }
 
 impl Drop for Server {
@@ -183,9 +188,11 @@ pub fn try_send(
         .into_iter()
         .filter_map(|n| resp.header(&n).map(|v| (n.clone(), v.to_string())))
         .collect();
-    // Not into_string: it refuses bodies over 10 MB, and long crash runs read more.
+    // Not `into_string`: it refuses bodies over 10 MB, and the query of a long crash run is more.
     let mut body = String::new();
-    std::io::Read::read_to_string(&mut resp.into_reader(), &mut body).map_err(|e| e.to_string())?;
+    resp.into_reader()
+        .read_to_string(&mut body)
+        .map_err(|e| e.to_string())?;
     Ok(Resp {
         status,
         body,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::CatalogError;
 use super::state::{Action, CatalogState};
-use crate::storage::{PutOutcome, Storage};
+use crate::storage::{PutOutcome, Storage, StorageError};
 
 /// Folder of the commit log.
 pub const LOG_PREFIX: &str = "catalog/log";
@@ -118,11 +118,22 @@ pub async fn try_commit(
         actions: actions.to_vec(),
     };
     let bytes = serde_json::to_vec(&record).map_err(|e| CatalogError::Encode(e.to_string()))?;
-    match storage
-        .put_new(&commit_path(version), Bytes::from(bytes))
-        .await?
-    {
-        PutOutcome::Created => Ok(Some(next)),
+    let path = commit_path(version);
+    match storage.put_new(&path, Bytes::from(bytes)).await? {
+        PutOutcome::Created => {
+            // The commit is durable; a crash or error here is a commit the writer never
+            // learned of, which replay and the flush's retry must treat as done.
+            crate::failpoint::hit_async("catalog.after_commit")
+                .await
+                .map_err(|e| StorageError::ObjectStore {
+                    path: path.to_string(),
+                    source: object_store::Error::Generic {
+                        store: "failpoint",
+                        source: Box::new(e),
+                    },
+                })?;
+            Ok(Some(next))
+        }
         PutOutcome::AlreadyExists => Ok(None),
     }
 }

@@ -108,6 +108,10 @@ impl Handler<Flush> for FlushActor {
                         .await
                         .map_err(|e| FlushError::Storage(e.to_string()))?;
                 }
+                // A crash here leaves the files just written as orphans for the GC at start.
+                crate::failpoint::hit_async("flush.after_write")
+                    .await
+                    .map_err(|e| FlushError::Storage(e.to_string()))?;
                 let rows: u64 = files.iter().map(|(f, _)| f.rows).sum();
                 let bytes: u64 = files.iter().map(|(f, _)| f.size_bytes).sum();
                 let mut actions: Vec<Action> = files

@@ -4,8 +4,10 @@
 //! Files are written first and committed second: a crash in between leaves unreferenced files
 //! (orphans), never a catalog entry without its file. Rows are grouped by partition (the time
 //! column's hour, day or month) and keep the memtable's order: sort key, then sequence.
+//! [`gc`] removes the orphans at start.
 
 pub mod actor;
+pub mod gc;
 pub mod messages;
 
 use std::collections::BTreeMap;

@@ -252,14 +252,18 @@ impl Handler<Insert> for MemtableActor {
 
     fn handle(&mut self, msg: Insert, ctx: &mut Self::Context) {
         let table = msg.table.clone();
-        if self.insert(
+        let frozen = self.insert(
             &msg.table,
             &msg.schema,
             msg.schema_version,
             msg.first_seq,
             msg.ingested_at_us,
             msg.rows,
-        ) {
+        );
+        // After a failed flush the retry timer drives the next attempt: a freeze must not
+        // bypass the backoff and hammer a failing store at the rate of ingest.
+        let backing_off = self.tables.get(&table).is_some_and(|m| m.failures > 0);
+        if frozen && !backing_off {
             self.maybe_flush(table, ctx);
         }
     }

@@ -113,8 +113,21 @@ impl Storage {
         }
     }
 
+    /// Passes the `storage.put` failpoint: an injected failure looks like the store's own.
+    async fn put_failpoint(path: &ObjectPath) -> Result<(), StorageError> {
+        crate::failpoint::hit_async("storage.put")
+            .await
+            .map_err(|e| {
+                Self::err(path)(object_store::Error::Generic {
+                    store: "failpoint",
+                    source: Box::new(e),
+                })
+            })
+    }
+
     /// Writes `bytes` at `path`, replacing any object there; durable when it returns.
     pub async fn put(&self, path: &ObjectPath, bytes: Bytes) -> Result<(), StorageError> {
+        Self::put_failpoint(path).await?;
         self.store
             .put(path, PutPayload::from(bytes))
             .await
@@ -129,6 +142,7 @@ impl Storage {
         path: &ObjectPath,
         bytes: Bytes,
     ) -> Result<PutOutcome, StorageError> {
+        Self::put_failpoint(path).await?;
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()

@@ -47,7 +47,8 @@ impl WalConfig {
     }
 }
 
-/// A point where tests make the writer's I/O fail, to exercise poisoning.
+/// A point where the writer's I/O can be made to fail, to exercise poisoning: by a unit test
+/// on one [`Wal`] (`inject_failure`), or process-wide through [`crate::failpoint`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Failpoint {
     /// The write of a group.
@@ -56,6 +57,17 @@ pub(crate) enum Failpoint {
     Sync,
     /// Creating the next segment on rotation.
     Rotate,
+}
+
+impl Failpoint {
+    /// Its name in `ALLUVIUM_FAILPOINTS`.
+    fn name(self) -> &'static str {
+        match self {
+            Failpoint::Write => "wal.write",
+            Failpoint::Sync => "wal.sync",
+            Failpoint::Rotate => "wal.rotate",
+        }
+    }
 }
 
 /// The segment receiving appends.
@@ -319,19 +331,16 @@ impl Wal {
         Ok(())
     }
 
-    #[cfg(test)]
+    /// Fails (or aborts) when a failpoint is set at `at`: the per-log test seam first, then
+    /// the process-wide failpoints, whose check is a single relaxed load when none is set.
+    #[inline]
     fn fail_at(&mut self, at: Failpoint) -> io::Result<()> {
+        #[cfg(test)]
         if self.failpoint == Some(at) {
             self.failpoint = None;
             return Err(io::Error::other(format!("injected {at:?} failure")));
         }
-        Ok(())
-    }
-
-    #[cfg(not(test))]
-    #[inline]
-    fn fail_at(&mut self, _at: Failpoint) -> io::Result<()> {
-        Ok(())
+        crate::failpoint::hit(at.name())
     }
 }
 
