@@ -42,6 +42,9 @@ pub enum PipelineError {
         /// Suggested wait before retrying.
         retry_after: Duration,
     },
+    /// A key given to a row endpoint does not fit the table's primary key.
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
     /// A query names a column the table does not have.
     #[error("unknown column {0:?}")]
     UnknownColumn(String),

@@ -6,11 +6,11 @@ use std::collections::BTreeSet;
 use alluvium_actors::auth::{Authenticate, CreateKey, NewKey, Principal, Scope};
 use alluvium_actors::ids::{TableName, TableRef, TenantId};
 use alluvium_actors::memtable::messages::FlushTable;
-use alluvium_actors::schema::TableSchema;
 use alluvium_actors::schema::messages::{
     CreateTable, Created, GetTable, ListTables, TableInfo, Validate,
 };
 use alluvium_actors::schema::translate::BodyFormat;
+use alluvium_actors::schema::{FieldType, TableSchema};
 use alluvium_actors::wal::messages::{Append, Durability};
 use bytes::Bytes;
 use serde::Serialize;
@@ -87,6 +87,37 @@ impl Node {
             last_seq: durable.last_seq,
             durability: durability.as_str(),
         })
+    }
+
+    /// Deletes a key of an upsert table (`ingest` scope): appends a tombstone, which hides every
+    /// older version. `key` is the key's value as written in a URL path segment (a number, or
+    /// text taken literally), or, for a composite key, a JSON array of its values in key order.
+    pub async fn delete_key(
+        &self,
+        principal: &Principal,
+        table: &str,
+        key: &str,
+        durability: Durability,
+    ) -> Result<IngestAck, PipelineError> {
+        principal.require(Scope::Ingest)?;
+        let table_ref = Self::table_ref(principal, table)?;
+        let info = self
+            .schema
+            .send(GetTable {
+                table: table_ref.clone(),
+            })
+            .await?
+            .ok_or_else(|| {
+                PipelineError::Schema(alluvium_actors::schema::error::SchemaError::UnknownTable {
+                    table: table_ref.to_string(),
+                })
+            })?;
+        let event = delete_event(&info.schema, key)?;
+        let body = Bytes::from(
+            serde_json::to_vec(&event).map_err(|e| PipelineError::InvalidKey(e.to_string()))?,
+        );
+        self.ingest(principal, table, body, BodyFormat::Json, durability)
+            .await
     }
 
     /// Creates a table of the principal's tenant (`admin` scope). Idempotent for an identical
@@ -168,4 +199,53 @@ impl Node {
             })
             .await??)
     }
+}
+
+/// The delete event for `key` of a table with this schema.
+fn delete_event(
+    schema: &TableSchema,
+    key: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, PipelineError> {
+    use serde_json::Value as J;
+    let cols = &schema.primary_key;
+    if cols.is_empty() {
+        return Err(PipelineError::InvalidKey(
+            "the table has no primary key; only upsert tables can delete rows".into(),
+        ));
+    }
+    let values: Vec<J> = if cols.len() == 1 {
+        let ty = schema.field(&cols[0]).map(|f| &f.ty);
+        // A key of a numeric, timestamp or date column may be written as a number; anything
+        // else (and any text that is not a number) is the value itself.
+        let numeric = matches!(
+            ty,
+            Some(
+                FieldType::Int32
+                    | FieldType::Int64
+                    | FieldType::UInt64
+                    | FieldType::Timestamp(_)
+                    | FieldType::Date
+            )
+        );
+        let value = match serde_json::from_str::<J>(key) {
+            Ok(n @ J::Number(_)) if numeric => n,
+            Ok(b @ J::Bool(_)) if ty == Some(&FieldType::Bool) => b,
+            _ => J::String(key.to_string()),
+        };
+        vec![value]
+    } else {
+        match serde_json::from_str::<J>(key) {
+            Ok(J::Array(items)) if items.len() == cols.len() => items,
+            _ => {
+                return Err(PipelineError::InvalidKey(format!(
+                    "the key has {} columns ({}); write it as a JSON array of their values, e.g. [1,\"a\"]",
+                    cols.len(),
+                    cols.join(", ")
+                )));
+            }
+        }
+    };
+    let mut event: serde_json::Map<String, J> = cols.iter().cloned().zip(values).collect();
+    event.insert("_op".into(), J::String("delete".into()));
+    Ok(event)
 }

@@ -1,5 +1,8 @@
 //! Reading a table as of one snapshot: committed Parquet files plus unflushed memtable rows.
 //!
+//! Upsert tables (with a primary key) return the newest version of each key, sorted by key, and
+//! nothing for keys whose newest version is a delete; append-only tables return every event.
+//!
 //! The memtable snapshot is taken before the catalog snapshot. A frozen memtable is dropped
 //! only after its files are committed, so every event is in one of the two; events in both
 //! (committed between the two snapshots) are taken from the files, since memtable rows are
@@ -14,6 +17,7 @@ use alluvium_actors::schema::TableSchema;
 use alluvium_actors::schema::arrow::{
     INGESTED_AT_COLUMN, OP_COLUMN, RowRef, SEQ_COLUMN, rows_to_batch,
 };
+use alluvium_actors::storage::mvcc::resolve;
 use alluvium_actors::storage::parquet::decode;
 use arrow::array::RecordBatch;
 use object_store::path::Path as ObjectPath;
@@ -95,6 +99,23 @@ impl Node {
         let info = self.table(principal, table).await?;
         let cols = columns(&info.schema, &req)?;
         let limit = req.limit.unwrap_or(usize::MAX);
+        // Upsert tables resolve versions by key: read the key, `_seq` and `_op` too, and every
+        // row, since the newest version of a key can be anywhere.
+        let key = info.schema.primary_key.clone();
+        let upsert = !key.is_empty();
+        let mut fetch = cols.clone();
+        if upsert {
+            for c in key
+                .iter()
+                .map(String::as_str)
+                .chain([SEQ_COLUMN, OP_COLUMN])
+            {
+                if !fetch.iter().any(|f| f == c) {
+                    fetch.push(c.to_string());
+                }
+            }
+        }
+        let collect_limit = if upsert { usize::MAX } else { limit };
 
         let mem = self
             .memtable
@@ -111,7 +132,7 @@ impl Node {
         let mut batches = Vec::new();
         let mut rows = 0usize;
         for file in files {
-            if rows >= limit {
+            if rows >= collect_limit {
                 break;
             }
             let bytes = self
@@ -119,21 +140,21 @@ impl Node {
                 .get(&ObjectPath::from(file.path.as_str()))
                 .await?;
             let path = file.path.clone();
-            let want = cols.clone();
+            let want = fetch.clone();
             let decoded = tokio::task::spawn_blocking(move || decode(bytes, Some(&want), &path))
                 .await
                 .map_err(|e| {
                     PipelineError::Unavailable(format!("file decoding task failed: {e}"))
                 })??;
             for b in decoded {
-                rows = push_limited(&mut batches, project(&b, &cols)?, rows, limit);
+                rows = push_limited(&mut batches, project(&b, &fetch)?, rows, collect_limit);
             }
         }
 
-        if rows < limit {
+        if rows < collect_limit {
             let schema: Arc<TableSchema> = info.schema.clone();
-            let cols2 = cols.clone();
-            let want = limit - rows;
+            let cols2 = fetch.clone();
+            let want = collect_limit - rows;
             let batch = tokio::task::spawn_blocking(
                 move || -> Result<Option<RecordBatch>, PipelineError> {
                     // Skiplist entries keep their rows alive: borrow them instead of copying.
@@ -164,7 +185,19 @@ impl Node {
             .await
             .map_err(|e| PipelineError::Unavailable(format!("memtable read task failed: {e}")))??;
             if let Some(b) = batch {
-                push_limited(&mut batches, b, rows, limit);
+                push_limited(&mut batches, b, rows, collect_limit);
+            }
+        }
+        if upsert {
+            let resolved = tokio::task::spawn_blocking(move || resolve(&batches, &key))
+                .await
+                .map_err(|e| PipelineError::Unavailable(format!("version resolution failed: {e}")))?
+                .map_err(|e| {
+                    PipelineError::Unavailable(format!("version resolution failed: {e}"))
+                })?;
+            batches = Vec::new();
+            if let Some(b) = resolved {
+                push_limited(&mut batches, project(&b, &cols)?, 0, limit);
             }
         }
         Ok(QueryResult {

@@ -102,6 +102,7 @@ impl ApiError {
                 P::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
                 P::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
                 P::UnknownColumn(_) => (StatusCode::BAD_REQUEST, "unknown_column"),
+                P::InvalidKey(_) => (StatusCode::BAD_REQUEST, "invalid_key"),
                 P::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             },
         }

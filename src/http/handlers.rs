@@ -212,6 +212,24 @@ pub async fn ingest(
     Ok(HttpResponse::Ok().json(ack))
 }
 
+/// `DELETE /v1/tables/{table}/rows/{key}`: a tombstone for the key, acknowledged like events.
+pub async fn delete_row(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let principal = principal(&state, &req).await?;
+    let params = web::Query::<IngestParams>::from_query(req.query_string())
+        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
+    let durability = params.durability.unwrap_or(state.default_durability);
+    let (table, key) = path.into_inner();
+    let ack = state
+        .node
+        .delete_key(&principal, &table, &key, durability)
+        .await?;
+    Ok(HttpResponse::Ok().json(ack))
+}
+
 #[derive(Serialize)]
 struct TableView<'a> {
     table: &'a str,

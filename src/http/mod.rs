@@ -37,7 +37,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/tables/{table}", web::get().to(handlers::get_table))
                 .route("/tables/{table}/events", web::post().to(handlers::ingest))
                 .route("/tables/{table}/query", web::post().to(handlers::query))
-                .route("/tables/{table}/flush", web::post().to(handlers::flush)),
+                .route("/tables/{table}/flush", web::post().to(handlers::flush))
+                .route(
+                    "/tables/{table}/rows/{key}",
+                    web::delete().to(handlers::delete_row),
+                ),
         )
         .default_service(web::to(handlers::not_found));
 }

@@ -241,6 +241,15 @@ pub enum SchemaError {
         /// The table name.
         table: String,
     },
+    /// The reserved `_op` field is not `"upsert"` or `"delete"`, or asks for a delete in a
+    /// table without a primary key.
+    #[error("{at}, field \"_op\": {reason}")]
+    InvalidOp {
+        /// Where.
+        at: Location,
+        /// What is wrong.
+        reason: String,
+    },
     /// A row whose values do not fit the schema it is converted with (a bug upstream, since
     /// rows are built by the translator).
     #[error("row {row} does not fit the table schema: {reason}")]
@@ -286,6 +295,7 @@ impl SchemaError {
             SchemaError::InvalidDefinition(_) => "invalid_schema",
             SchemaError::UnknownTable { .. } => "table_not_found",
             SchemaError::TableExists { .. } => "table_exists",
+            SchemaError::InvalidOp { .. } => "invalid_op",
             SchemaError::InvalidRow { .. } => "invalid_row",
             SchemaError::UnsupportedColumn { .. } => "unsupported_column",
             SchemaError::Arrow(_) => "arrow_error",

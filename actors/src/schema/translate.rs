@@ -71,7 +71,27 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 /// Largest integer magnitude a JSON float stands for exactly.
 const MAX_EXACT_FLOAT: f64 = 9_007_199_254_740_992.0;
 
-/// Parses and checks a whole batch against `schema`, returning one upsert row per event.
+/// The reserved field that makes an event a delete (`"_op": "delete"`) in a table with a
+/// primary key.
+pub const OP_FIELD: &str = "_op";
+
+/// A placeholder value of type `ty`, for the non-key columns of a delete.
+fn zero_value(ty: &FieldType) -> Value {
+    match ty {
+        FieldType::Bool => Value::Bool(false),
+        FieldType::Int32 | FieldType::Int64 => Value::Int(0),
+        FieldType::UInt64 => Value::UInt(0),
+        FieldType::Float32 | FieldType::Float64 => Value::Float(0.0),
+        FieldType::String => Value::Str(String::new()),
+        FieldType::Binary => Value::Bytes(Vec::new()),
+        FieldType::Timestamp(_) => Value::Timestamp(0),
+        FieldType::Date => Value::Date(0),
+        FieldType::List(_) => Value::List(Vec::new()),
+    }
+}
+
+/// Parses and checks a whole batch against `schema`, returning one row per event: an upsert,
+/// or a delete when the event says `"_op": "delete"`.
 pub fn parse_batch(
     body: &[u8],
     format: BodyFormat,
@@ -94,6 +114,8 @@ struct Translator<'s> {
     schema: &'s TableSchema,
     index: HashMap<&'s str, usize>,
     required: Vec<usize>,
+    /// Positions of the primary key columns.
+    key: Vec<usize>,
     limits: &'s BatchLimits,
 }
 
@@ -112,10 +134,16 @@ impl<'s> Translator<'s> {
             .filter(|(_, f)| !f.nullable)
             .map(|(i, _)| i)
             .collect();
+        let key = schema
+            .primary_key
+            .iter()
+            .filter_map(|k| schema.index_of(k))
+            .collect();
         Translator {
             schema,
             index,
             required,
+            key,
             limits,
         }
     }
@@ -184,6 +212,11 @@ impl<'s> Translator<'s> {
                 max: self.limits.max_depth,
             });
         }
+        let mut map = map;
+        let op = match map.shift_remove(OP_FIELD) {
+            None => Op::Upsert,
+            Some(v) => self.op(&v, at)?,
+        };
         let fields = &self.schema.fields;
         let mut values = vec![Value::Null; fields.len()];
         for (name, jv) in map {
@@ -215,6 +248,12 @@ impl<'s> Translator<'s> {
         // Explicit nulls of required fields were refused above, so a Null left here is absent.
         for &i in &self.required {
             if values[i] == Value::Null {
+                if op == Op::Delete && !self.key.contains(&i) {
+                    // A delete names its key; the rest of a tombstone is filler that keeps
+                    // non-nullable columns valid in files. Readers go by `_op`.
+                    values[i] = zero_value(&fields[i].ty);
+                    continue;
+                }
                 return Err(SchemaError::MissingField {
                     at,
                     field: fields[i].name.clone(),
@@ -222,10 +261,23 @@ impl<'s> Translator<'s> {
                 });
             }
         }
-        Ok(Row {
-            op: Op::Upsert,
-            values,
-        })
+        Ok(Row { op, values })
+    }
+
+    /// Reads the reserved `_op` field: `"upsert"` (the default) or `"delete"`.
+    fn op(&self, v: &J, at: Location) -> Result<Op, SchemaError> {
+        let invalid = |reason: String| SchemaError::InvalidOp { at, reason };
+        match v.as_str() {
+            Some("upsert") => Ok(Op::Upsert),
+            Some("delete") if self.key.is_empty() => Err(invalid(
+                "deletes need a table with a primary key; this table is append-only".into(),
+            )),
+            Some("delete") => Ok(Op::Delete),
+            _ => Err(invalid(format!(
+                "expected \"upsert\" or \"delete\", found {}",
+                Found::of(v)
+            ))),
+        }
     }
 }
 

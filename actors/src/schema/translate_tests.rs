@@ -383,3 +383,43 @@ fn an_error_late_in_the_batch_rejects_it_all() {
         "row 1000, field \"id\": expected int64, found string \"x\""
     );
 }
+
+#[test]
+fn deletes_name_their_key_and_fill_the_rest() {
+    let mut s = schema(&[
+        ("id", "int64", false),
+        ("ts", "timestamp_ms", false),
+        ("note", "string", true),
+    ]);
+    s.primary_key = vec!["id".into()];
+    let rows = parse_batch(
+        br#"[{"id":1,"ts":5,"note":"a"},{"id":1,"_op":"delete"},{"id":2,"ts":6,"_op":"upsert"}]"#,
+        BodyFormat::Json,
+        &s,
+        &BatchLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(rows[0].op, Op::Upsert);
+    assert_eq!(rows[1].op, Op::Delete);
+    assert_eq!(
+        rows[1].values,
+        vec![Value::Int(1), Value::Timestamp(0), Value::Null]
+    );
+    assert_eq!(rows[2].op, Op::Upsert);
+
+    // A delete still needs its key, and the op must be one of the two words.
+    let err = |body: &[u8], s: &TableSchema| {
+        parse_batch(body, BodyFormat::Json, s, &BatchLimits::default()).unwrap_err()
+    };
+    assert_eq!(err(br#"{"_op":"delete"}"#, &s).code(), "missing_field");
+    let e = err(br#"{"id":1,"_op":"remove"}"#, &s);
+    assert_eq!(e.code(), "invalid_op");
+    assert!(e.to_string().contains("\"remove\""), "{e}");
+    assert_eq!(err(br#"{"id":1,"_op":1}"#, &s).code(), "invalid_op");
+
+    // Append-only tables have nothing to delete by.
+    let append = schema(&[("id", "int64", false)]);
+    let e = err(br#"{"id":1,"_op":"delete"}"#, &append);
+    assert_eq!(e.code(), "invalid_op");
+    assert!(e.to_string().contains("primary key"), "{e}");
+}
