@@ -100,18 +100,7 @@ impl Node {
         durability: Durability,
     ) -> Result<IngestAck, PipelineError> {
         principal.require(Scope::Ingest)?;
-        let table_ref = Self::table_ref(principal, table)?;
-        let info = self
-            .schema
-            .send(GetTable {
-                table: table_ref.clone(),
-            })
-            .await?
-            .ok_or_else(|| {
-                PipelineError::Schema(alluvium_actors::schema::error::SchemaError::UnknownTable {
-                    table: table_ref.to_string(),
-                })
-            })?;
+        let info = self.table_info(Self::table_ref(principal, table)?).await?;
         let event = delete_event(&info.schema, key)?;
         let body = Bytes::from(
             serde_json::to_vec(&event).map_err(|e| PipelineError::InvalidKey(e.to_string()))?,
@@ -140,17 +129,16 @@ impl Node {
         table: &str,
     ) -> Result<TableInfo, PipelineError> {
         principal.require(Scope::Query)?;
-        let table = Self::table_ref(principal, table)?;
-        self.schema
-            .send(GetTable {
-                table: table.clone(),
+        self.table_info(Self::table_ref(principal, table)?).await
+    }
+
+    async fn table_info(&self, table: TableRef) -> Result<TableInfo, PipelineError> {
+        let missing = table.to_string();
+        self.schema.send(GetTable { table }).await?.ok_or_else(|| {
+            PipelineError::Schema(alluvium_actors::schema::error::SchemaError::UnknownTable {
+                table: missing,
             })
-            .await?
-            .ok_or_else(|| {
-                PipelineError::Schema(alluvium_actors::schema::error::SchemaError::UnknownTable {
-                    table: table.to_string(),
-                })
-            })
+        })
     }
 
     /// Lists the principal's tables (`query` scope).

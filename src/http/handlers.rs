@@ -181,6 +181,13 @@ struct IngestParams {
     durability: Option<Durability>,
 }
 
+/// The durability a write asks for in its query string, or the configured default.
+fn durability(state: &AppState, req: &HttpRequest) -> Result<Durability> {
+    let params = web::Query::<IngestParams>::from_query(req.query_string())
+        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
+    Ok(params.durability.unwrap_or(state.default_durability))
+}
+
 pub async fn ingest(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -199,9 +206,7 @@ pub async fn ingest(
             )));
         }
     };
-    let params = web::Query::<IngestParams>::from_query(req.query_string())
-        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
-    let durability = params.durability.unwrap_or(state.default_durability);
+    let durability = durability(&state, &req)?;
     let body = read_body(&req, payload, state.body_limit).await?;
     let bytes = body.len();
     let ack = state
@@ -219,9 +224,7 @@ pub async fn delete_row(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse> {
     let principal = principal(&state, &req).await?;
-    let params = web::Query::<IngestParams>::from_query(req.query_string())
-        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
-    let durability = params.durability.unwrap_or(state.default_durability);
+    let durability = durability(&state, &req)?;
     let (table, key) = path.into_inner();
     let ack = state
         .node
