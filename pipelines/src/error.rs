@@ -42,6 +42,9 @@ pub enum PipelineError {
         /// Suggested wait before retrying.
         retry_after: Duration,
     },
+    /// No live row has the key.
+    #[error("no row with key {0}")]
+    RowNotFound(String),
     /// A key given to a row endpoint does not fit the table's primary key.
     #[error("invalid key: {0}")]
     InvalidKey(String),

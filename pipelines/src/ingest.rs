@@ -42,7 +42,7 @@ impl Node {
             .await??)
     }
 
-    fn table_ref(principal: &Principal, table: &str) -> Result<TableRef, PipelineError> {
+    pub(crate) fn table_ref(principal: &Principal, table: &str) -> Result<TableRef, PipelineError> {
         Ok(TableRef::new(
             principal.tenant.clone(),
             TableName::new(table)?,
@@ -132,7 +132,7 @@ impl Node {
         self.table_info(Self::table_ref(principal, table)?).await
     }
 
-    async fn table_info(&self, table: TableRef) -> Result<TableInfo, PipelineError> {
+    pub(crate) async fn table_info(&self, table: TableRef) -> Result<TableInfo, PipelineError> {
         let missing = table.to_string();
         self.schema.send(GetTable { table }).await?.ok_or_else(|| {
             PipelineError::Schema(alluvium_actors::schema::error::SchemaError::UnknownTable {
@@ -190,7 +190,7 @@ impl Node {
 }
 
 /// The delete event for `key` of a table with this schema.
-fn delete_event(
+pub(crate) fn delete_event(
     schema: &TableSchema,
     key: &str,
 ) -> Result<serde_json::Map<String, serde_json::Value>, PipelineError> {

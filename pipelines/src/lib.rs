@@ -5,12 +5,14 @@
 //! - [`processing`]: assembles log -> memtable -> flush -> catalog for a standalone node,
 //!   recovering state from disk first.
 //! - [`query`]: reads a table as of one snapshot: committed files plus unflushed memtable rows.
+//! - [`lookup`]: the newest version of one key of an upsert table.
 //!
 //! Sources and servers (`alluvium` binary) call into a [`Node`]; they never talk to actors
 //! directly.
 
 pub mod error;
 pub mod ingest;
+pub mod lookup;
 pub mod processing;
 pub mod query;
 

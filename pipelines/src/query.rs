@@ -50,7 +50,7 @@ pub struct QueryResult {
     pub catalog_version: u64,
 }
 
-const HIDDEN: [&str; 3] = [SEQ_COLUMN, OP_COLUMN, INGESTED_AT_COLUMN];
+pub(crate) const HIDDEN: [&str; 3] = [SEQ_COLUMN, OP_COLUMN, INGESTED_AT_COLUMN];
 
 fn columns(schema: &TableSchema, req: &QueryRequest) -> Result<Vec<String>, PipelineError> {
     match &req.columns {
@@ -72,7 +72,7 @@ fn columns(schema: &TableSchema, req: &QueryRequest) -> Result<Vec<String>, Pipe
     }
 }
 
-fn project(batch: &RecordBatch, cols: &[String]) -> Result<RecordBatch, PipelineError> {
+pub(crate) fn project(batch: &RecordBatch, cols: &[String]) -> Result<RecordBatch, PipelineError> {
     let schema = batch.schema();
     let indices = cols
         .iter()

@@ -103,6 +103,7 @@ impl ApiError {
                 P::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
                 P::UnknownColumn(_) => (StatusCode::BAD_REQUEST, "unknown_column"),
                 P::InvalidKey(_) => (StatusCode::BAD_REQUEST, "invalid_key"),
+                P::RowNotFound(_) => (StatusCode::NOT_FOUND, "row_not_found"),
                 P::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             },
         }

@@ -8,7 +8,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use alluvium_actors::auth::{Principal, Scope};
 use alluvium_actors::ids::TenantId;
 use alluvium_actors::schema::TableSchema;
-use alluvium_actors::schema::arrow::write_json_rows;
+use alluvium_actors::schema::arrow::{batch_to_json, write_json_rows};
 use alluvium_actors::schema::messages::TableInfo;
 use alluvium_actors::schema::translate::BodyFormat;
 use alluvium_actors::wal::messages::Durability;
@@ -231,6 +231,35 @@ pub async fn delete_row(
         .delete_key(&principal, &table, &key, durability)
         .await?;
     Ok(HttpResponse::Ok().json(ack))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RowParams {
+    #[serde(default)]
+    include_hidden: bool,
+}
+
+/// `GET /v1/tables/{table}/rows/{key}`: the live row of a key of an upsert table.
+pub async fn get_row(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let principal = principal(&state, &req).await?;
+    let params = web::Query::<RowParams>::from_query(req.query_string())
+        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
+    let (table, key) = path.into_inner();
+    let batch = state
+        .node
+        .lookup(&principal, &table, &key, params.include_hidden)
+        .await?;
+    let row = batch_to_json(&batch)
+        .map_err(|e| ApiError::Pipeline(PipelineError::Unavailable(e.to_string())))?
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    Ok(HttpResponse::Ok().json(row))
 }
 
 #[derive(Serialize)]

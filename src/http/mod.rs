@@ -41,6 +41,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(
                     "/tables/{table}/rows/{key}",
                     web::delete().to(handlers::delete_row),
+                )
+                .route(
+                    "/tables/{table}/rows/{key}",
+                    web::get().to(handlers::get_row),
                 ),
         )
         .default_service(web::to(handlers::not_found));

@@ -35,6 +35,23 @@ pub struct DataFile {
     /// Largest value of the time column.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_time: Option<i64>,
+    /// Smallest primary key in the file, as hex of its order-preserving encoding (upsert
+    /// tables); point lookups skip files whose key range cannot hold the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_key: Option<String>,
+    /// Largest primary key in the file, encoded like `min_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_key: Option<String>,
+}
+
+impl DataFile {
+    /// Whether the file's key range may hold the key whose encoding is `key_hex` (files
+    /// without a recorded range may hold anything).
+    pub fn may_hold_key(&self, key_hex: &str) -> bool {
+        let above_min = self.min_key.as_deref().is_none_or(|m| m <= key_hex);
+        let below_max = self.max_key.as_deref().is_none_or(|m| key_hex <= m);
+        above_min && below_max
+    }
 }
 
 /// One change recorded in a commit.

@@ -123,6 +123,8 @@ mod tests {
             schema_version: 1,
             min_time: None,
             max_time: None,
+            min_key: None,
+            max_key: None,
         };
         CatalogState::default()
             .apply(

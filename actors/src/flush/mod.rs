@@ -87,6 +87,8 @@ pub fn build_files(
         .and_then(|c| schema.index_of(c));
     let partitioned = schema.partition_by != PartitionBy::None;
     let mut parts: BTreeMap<String, Vec<RowRef<'_>>> = BTreeMap::new();
+    // Per partition: the sort keys of its first and last rows (the key range for upsert tables).
+    let mut key_ranges: BTreeMap<String, (&[u8], &[u8])> = BTreeMap::new();
     // Rows borrow from the skiplist entries held here, so nothing is copied before encoding.
     let entries: Vec<_> = memtable.iter().collect();
     for entry in &entries {
@@ -96,6 +98,11 @@ pub fn build_files(
         } else {
             "all".into()
         };
+        let sort = entry.key().sort.as_slice();
+        key_ranges
+            .entry(part.clone())
+            .and_modify(|r| r.1 = sort)
+            .or_insert((sort, sort));
         parts.entry(part).or_default().push(RowRef {
             seq: *seq,
             ingested_at_us: r.ingested_at_us,
@@ -135,6 +142,10 @@ pub fn build_files(
             table.path_prefix(),
             uuid::Uuid::new_v4().simple()
         );
+        let (min_key, max_key) = match key_ranges.get(&partition) {
+            Some((lo, hi)) if !schema.primary_key.is_empty() => (Some(hex(lo)), Some(hex(hi))),
+            _ => (None, None),
+        };
         out.push((
             DataFile {
                 path,
@@ -146,11 +157,24 @@ pub fn build_files(
                 schema_version: memtable.schema_version(),
                 min_time: times().min(),
                 max_time: times().max(),
+                min_key,
+                max_key,
             },
             bytes,
         ));
     }
     Ok(out)
+}
+
+/// Lowercase hex: byte order and string order agree, so key ranges compare as strings.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Days since the epoch of a calendar date, for tests and partition math.

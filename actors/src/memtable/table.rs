@@ -144,6 +144,28 @@ impl Memtable {
         self.created.elapsed()
     }
 
+    /// The newest version of the row whose sort key is `key`, among sequences in
+    /// `(after, upto]`.
+    pub fn newest(
+        &self,
+        key: &[u8],
+        after: Seq,
+        upto: Seq,
+    ) -> Option<crossbeam_skiplist::map::Entry<'_, MemKey, MemRow>> {
+        let lo = MemKey {
+            sort: key.to_vec(),
+            seq: after.saturating_add(1),
+        };
+        let hi = MemKey {
+            sort: key.to_vec(),
+            seq: upto,
+        };
+        if lo > hi {
+            return None;
+        }
+        self.rows.range(lo..=hi).next_back()
+    }
+
     /// Iterates over all rows in key order. Entries keep their row alive while held.
     pub fn iter(&self) -> impl Iterator<Item = crossbeam_skiplist::map::Entry<'_, MemKey, MemRow>> {
         self.rows.iter()
