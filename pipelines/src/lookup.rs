@@ -6,10 +6,8 @@
 //! delete means the key does not exist.
 
 use alluvium_actors::auth::{Principal, Scope};
-use alluvium_actors::catalog::messages::Snapshot;
 use alluvium_actors::flush::hex;
 use alluvium_actors::memtable::keys::encode_key_value;
-use alluvium_actors::memtable::messages::Read;
 use alluvium_actors::memtable::table::sort_columns;
 use alluvium_actors::row::{Op, Row};
 use alluvium_actors::schema::TableSchema;
@@ -21,7 +19,7 @@ use arrow::row::{RowConverter, SortField};
 use object_store::path::Path as ObjectPath;
 
 use crate::ingest::delete_event;
-use crate::query::{HIDDEN, project};
+use crate::query::{HIDDEN, TableSnapshot, project};
 use crate::{Node, PipelineError};
 
 fn internal(e: impl std::fmt::Display) -> PipelineError {
@@ -109,17 +107,12 @@ impl Node {
         }
         let not_found = || PipelineError::RowNotFound(key.chars().take(200).collect());
 
-        let mem = self
-            .memtable
-            .send(Read {
-                table: info.table.clone(),
-            })
-            .await?;
-        let state = self.catalog.send(Snapshot).await?;
-        let (files, committed) = match state.table(&info.table) {
-            Some(e) => (e.files.clone(), e.committed_seq),
-            None => (Vec::new(), 0),
-        };
+        let TableSnapshot {
+            mem,
+            files,
+            committed,
+            ..
+        } = self.snapshot(&info.table).await?;
 
         // Memtable versions (above the committed sequence) are newer than any file's.
         let in_memory = mem

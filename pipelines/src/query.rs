@@ -11,8 +11,10 @@
 use std::sync::Arc;
 
 use alluvium_actors::auth::{Principal, Scope};
+use alluvium_actors::catalog::DataFile;
 use alluvium_actors::catalog::messages::Snapshot;
-use alluvium_actors::memtable::messages::Read;
+use alluvium_actors::ids::{Seq, TableRef};
+use alluvium_actors::memtable::messages::{MemSnapshot, Read};
 use alluvium_actors::schema::TableSchema;
 use alluvium_actors::schema::arrow::{
     INGESTED_AT_COLUMN, OP_COLUMN, RowRef, SEQ_COLUMN, rows_to_batch,
@@ -87,7 +89,44 @@ pub(crate) fn project(batch: &RecordBatch, cols: &[String]) -> Result<RecordBatc
         .map_err(|e| PipelineError::Unavailable(format!("cannot project query columns: {e}")))
 }
 
+/// What one read sees of a table: its memtables and its committed files, consistent with each
+/// other.
+#[derive(Debug)]
+pub(crate) struct TableSnapshot {
+    /// The memtables, with the highest sequence they include.
+    pub mem: MemSnapshot,
+    /// The committed files.
+    pub files: Vec<Arc<DataFile>>,
+    /// Every event up to this sequence is in `files`: read memtable rows only above it.
+    pub committed: Seq,
+    /// The catalog version read.
+    pub catalog_version: u64,
+}
+
 impl Node {
+    /// Takes a table's snapshot: the memtables first, then the catalog. A frozen memtable is
+    /// dropped only after its files are committed, so in this order every event is in one of
+    /// the two (events in both are read from the files).
+    pub(crate) async fn snapshot(&self, table: &TableRef) -> Result<TableSnapshot, PipelineError> {
+        let mem = self
+            .memtable
+            .send(Read {
+                table: table.clone(),
+            })
+            .await?;
+        let state = self.catalog.send(Snapshot).await?;
+        let (files, committed) = match state.table(table) {
+            Some(e) => (e.files.clone(), e.committed_seq),
+            None => (Vec::new(), 0),
+        };
+        Ok(TableSnapshot {
+            mem,
+            files,
+            committed,
+            catalog_version: state.version,
+        })
+    }
+
     /// Returns the rows of a table of the principal's tenant (`query` scope).
     pub async fn query(
         &self,
@@ -117,17 +156,12 @@ impl Node {
         }
         let collect_limit = if upsert { usize::MAX } else { limit };
 
-        let mem = self
-            .memtable
-            .send(Read {
-                table: info.table.clone(),
-            })
-            .await?;
-        let state = self.catalog.send(Snapshot).await?;
-        let (files, committed) = match state.table(&info.table) {
-            Some(e) => (e.files.clone(), e.committed_seq),
-            None => (Vec::new(), 0),
-        };
+        let TableSnapshot {
+            mem,
+            files,
+            committed,
+            catalog_version,
+        } = self.snapshot(&info.table).await?;
 
         let mut batches = Vec::new();
         let mut rows = 0usize;
@@ -202,7 +236,7 @@ impl Node {
         }
         Ok(QueryResult {
             batches,
-            catalog_version: state.version,
+            catalog_version,
         })
     }
 }
