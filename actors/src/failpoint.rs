@@ -54,6 +54,14 @@ pub const POINTS: &[(&str, &str)] = &[
         "a flush's Parquet files are written, its catalog commit not yet made",
     ),
     (
+        "compaction.after_write",
+        "a compaction's output files are written, its catalog commit not yet made",
+    ),
+    (
+        "compaction.after_commit",
+        "a compaction is committed, its replaced files not yet deleted",
+    ),
+    (
         "catalog.after_commit",
         "a catalog commit file is written, before the process learns of it",
     ),

@@ -6,6 +6,7 @@
 //! - [`wal`]: the checksummed write-ahead log with group commit and crash recovery.
 //! - [`memtable`]: per-table concurrent skiplists of durable rows awaiting flush.
 //! - [`flush`]: frozen memtables -> sorted Parquet files -> catalog commit.
+//! - [`compaction`]: merging small files per partition with MVCC resolution, and file GC.
 //! - [`catalog`]: the transaction log of tables, schema versions, files and log positions.
 //! - [`storage`]: the object store (durable local puts) and Parquet encoding shared by the above.
 //! - [`failpoint`]: fault injection at named points of the durability path, for tests.
@@ -14,7 +15,9 @@
 //! actors into a pipeline lives in `alluvium-pipelines`.
 
 pub mod auth;
+pub mod background;
 pub mod catalog;
+pub mod compaction;
 pub mod failpoint;
 pub mod flush;
 pub mod ids;

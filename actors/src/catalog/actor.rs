@@ -6,25 +6,54 @@ use actix::{
     Actor, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, Supervised, WrapFuture,
 };
 
+use tokio::sync::broadcast;
+
 use super::messages::{Commit, Snapshot};
-use super::{CatalogError, CatalogState, checkpoint, log};
+use super::{Action, CatalogError, CatalogState, checkpoint, log};
 use crate::storage::Storage;
 
 /// Commits are few (one per table creation or flush), so a small mailbox suffices; a full one
 /// means commits back up behind a slow object store and callers should wait.
 const MAILBOX_CAPACITY: usize = 256;
 
+/// Commit notices a slow subscriber may fall behind by before it misses some (it is told how
+/// many it missed and can re-read the log).
+const NOTICE_BACKLOG: usize = 1024;
+
+/// What one commit changed, announced in process once the commit is durable: flushes and
+/// compactions reach downstream subscribers from here.
+#[derive(Debug, Clone)]
+pub struct CommitNotice {
+    /// The version the commit created.
+    pub version: u64,
+    /// What caused it: `create_table`, `flush`, `compaction`, `purge`.
+    pub operation: &'static str,
+    /// The changes.
+    pub actions: Vec<Action>,
+}
+
 /// Owns the catalog snapshot and writes commits to the object store one at a time.
 #[derive(Debug)]
 pub struct CatalogActor {
     storage: Storage,
     state: Arc<CatalogState>,
+    notices: broadcast::Sender<Arc<CommitNotice>>,
 }
 
 impl CatalogActor {
     /// Starts from a state already loaded with [`log::load_from`].
     pub fn new(storage: Storage, state: Arc<CatalogState>) -> Self {
-        Self { storage, state }
+        let (notices, _) = broadcast::channel(NOTICE_BACKLOG);
+        Self {
+            storage,
+            state,
+            notices,
+        }
+    }
+
+    /// Where commit notices are sent; `subscribe()` on it to receive those after that call.
+    pub fn notices(&self) -> broadcast::Sender<Arc<CommitNotice>> {
+        self.notices.clone()
     }
 }
 
@@ -58,10 +87,22 @@ impl Handler<Commit> for CatalogActor {
     fn handle(&mut self, msg: Commit, _ctx: &mut Self::Context) -> Self::Result {
         let storage = self.storage.clone();
         let state = self.state.clone();
+        let operation = msg.operation;
         AtomicResponse::new(Box::pin(
-            async move { log::commit(&storage, state, msg.operation, &msg.actions).await }
-                .into_actor(self)
-                .map(|(state, res), act, ctx| {
+            async move {
+                let (state, res) = log::commit(&storage, state, operation, &msg.actions).await;
+                (state, res, msg.actions)
+            }
+            .into_actor(self)
+            .map(move |(state, res, actions), act, ctx| {
+                    if res.is_ok() {
+                        // No subscriber is not an error.
+                        let _ = act.notices.send(Arc::new(CommitNotice {
+                            version: state.version,
+                            operation,
+                            actions,
+                        }));
+                    }
                     // Keep what was read even when the commit failed: later commits and
                     // snapshots start from the newest known version.
                     act.state = state.clone();

@@ -14,8 +14,8 @@ use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
 
 use super::CatalogError;
-use super::log::{load_from, parse_version};
-use super::state::{CatalogState, DataFile, TableEntry};
+use super::log::{load_between, parse_version};
+use super::state::{CatalogState, DataFile, RemovedFile, TableEntry};
 use crate::ids::{Seq, TableRef};
 use crate::schema::TableSchema;
 use crate::storage::Storage;
@@ -42,6 +42,10 @@ struct CheckpointTable {
     files: Vec<DataFile>,
     committed_seq: Seq,
     created_in: u64,
+    #[serde(default)]
+    removed: Vec<RemovedFile>,
+    #[serde(default)]
+    readable_from: u64,
 }
 
 /// Object path of the checkpoint at `version`.
@@ -62,6 +66,8 @@ fn encode(state: &CatalogState) -> Result<Vec<u8>, CatalogError> {
                 files: e.files.iter().map(|f| (**f).clone()).collect(),
                 committed_seq: e.committed_seq,
                 created_in: e.created_in,
+                removed: e.removed.clone(),
+                readable_from: e.readable_from,
             })
             .collect(),
     };
@@ -78,6 +84,8 @@ fn decode(bytes: &[u8]) -> Result<CatalogState, String> {
             files: t.files.into_iter().map(Arc::new).collect(),
             committed_seq: t.committed_seq,
             created_in: t.created_in,
+            removed: t.removed,
+            readable_from: t.readable_from.max(t.created_in),
         };
         if tables.insert(t.table.clone(), Arc::new(entry)).is_some() {
             return Err(format!("table {} appears twice", t.table));
@@ -100,19 +108,38 @@ pub async fn write(storage: &Storage, state: &CatalogState) -> Result<(), Catalo
 
 /// Loads the catalog: the newest readable checkpoint, then every commit after it.
 pub async fn load(storage: &Storage) -> Result<CatalogState, CatalogError> {
+    load_upto(storage, u64::MAX).await
+}
+
+/// Loads the catalog as it was at `version` (time travel): the newest readable checkpoint at or
+/// below it, then the commits up to it. [`CatalogError::NoSuchVersion`] when the log does not
+/// reach that far.
+pub async fn load_at(storage: &Storage, version: u64) -> Result<CatalogState, CatalogError> {
+    let state = load_upto(storage, version).await?;
+    if state.version != version {
+        return Err(CatalogError::NoSuchVersion {
+            version,
+            newest: state.version,
+        });
+    }
+    Ok(state)
+}
+
+async fn load_upto(storage: &Storage, upto: u64) -> Result<CatalogState, CatalogError> {
     let mut checkpoints: Vec<(u64, ObjectPath)> = storage
         .list(&ObjectPath::from(CHECKPOINT_PREFIX))
         .await?
         .into_iter()
         .filter_map(|m| parse_version(&m.location).map(|v| (v, m.location)))
+        .filter(|(v, _)| *v <= upto)
         .collect();
     checkpoints.sort_by_key(|(v, _)| std::cmp::Reverse(*v));
     for (version, path) in checkpoints {
         let bytes = storage.get(&path).await?;
         match decode(&bytes) {
             Ok(state) if state.version == version => {
-                tracing::info!(version, "catalog checkpoint loaded");
-                return load_from(storage, state).await;
+                tracing::debug!(version, "catalog checkpoint loaded");
+                return load_between(storage, state, upto).await;
             }
             Ok(state) => {
                 tracing::warn!(path = %path, found = state.version, "catalog checkpoint names another version, skipped")
@@ -122,7 +149,7 @@ pub async fn load(storage: &Storage) -> Result<CatalogState, CatalogError> {
             }
         }
     }
-    load_from(storage, CatalogState::default()).await
+    load_between(storage, CatalogState::default(), upto).await
 }
 
 #[cfg(test)]
@@ -164,7 +191,9 @@ mod tests {
                 write(&storage, &state).await.unwrap();
             }
         }
-        let full = load_from(&storage, CatalogState::default()).await.unwrap();
+        let full = crate::catalog::log::load_from(&storage, CatalogState::default())
+            .await
+            .unwrap();
         assert_eq!(load(&storage).await.unwrap(), full);
 
         // With the checkpoint, commits up to 3 are not read: remove them to prove it.

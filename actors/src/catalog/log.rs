@@ -52,6 +52,16 @@ pub async fn load_from(
     storage: &Storage,
     from: CatalogState,
 ) -> Result<CatalogState, CatalogError> {
+    load_between(storage, from, u64::MAX).await
+}
+
+/// Replays the log from `from` (exclusive) up to version `upto` (inclusive) or the newest
+/// commit, whichever comes first.
+pub async fn load_between(
+    storage: &Storage,
+    from: CatalogState,
+    upto: u64,
+) -> Result<CatalogState, CatalogError> {
     let mut versions: Vec<(u64, ObjectPath)> = storage
         .list(&ObjectPath::from(LOG_PREFIX))
         .await?
@@ -63,7 +73,7 @@ pub async fn load_from(
                 None
             }
         })
-        .filter(|(v, _)| *v > from.version)
+        .filter(|(v, _)| *v > from.version && *v <= upto)
         .collect();
     versions.sort_by_key(|(v, _)| *v);
     let mut state = from;

@@ -10,10 +10,12 @@ pub mod actor;
 pub mod checkpoint;
 pub mod log;
 pub mod messages;
+pub mod pins;
 pub mod state;
 
 pub use actor::CatalogActor;
-pub use state::{Action, CatalogState, DataFile, TableEntry};
+pub use pins::{Pin, Pins};
+pub use state::{Action, CatalogState, DataFile, RemovedFile, TableEntry};
 
 use crate::storage::StorageError;
 
@@ -46,6 +48,14 @@ pub enum CatalogError {
         table: String,
         /// Its committed sequence.
         committed: u64,
+    },
+    /// A time-travel read names a version the log does not have.
+    #[error("catalog version {version} does not exist (the newest is {newest})")]
+    NoSuchVersion {
+        /// The version asked for.
+        version: u64,
+        /// The newest version.
+        newest: u64,
     },
     /// A commit conflicts with the current state.
     #[error("catalog conflict: {0}")]

@@ -54,6 +54,21 @@ impl DataFile {
     }
 }
 
+/// A file a compaction replaced. Catalog versions before `removed_in` still list it, so it stays
+/// on the store until no reader can need it; then the file GC deletes it and records that with
+/// [`Action::PurgeFiles`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedFile {
+    /// Object path from the store root.
+    pub path: String,
+    /// Size of the object in bytes.
+    pub size_bytes: u64,
+    /// The catalog version whose commit replaced it.
+    pub removed_in: u64,
+    /// When that commit was made, in milliseconds since the epoch.
+    pub removed_at_ms: i64,
+}
+
 /// One change recorded in a commit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
@@ -80,6 +95,27 @@ pub enum Action {
         /// Highest sequence now in files.
         seq: Seq,
     },
+    /// A compaction's result: `remove` (live files of the table) are replaced by `add`, which
+    /// hold the same events (minus versions and tombstones no reader can see any more).
+    ReplaceFiles {
+        /// The table.
+        table: TableRef,
+        /// Paths of the replaced files.
+        remove: Vec<String>,
+        /// The files that replace them.
+        add: Vec<DataFile>,
+        /// When the compaction committed, in milliseconds since the epoch (starts the grace
+        /// period of the replaced files).
+        at_ms: i64,
+    },
+    /// Replaced files were deleted from the store: versions that listed them are no longer
+    /// readable.
+    PurgeFiles {
+        /// The table.
+        table: TableRef,
+        /// Paths of the deleted files (each one of the table's removed files).
+        paths: Vec<String>,
+    },
 }
 
 /// A table as the catalog knows it.
@@ -95,6 +131,11 @@ pub struct TableEntry {
     pub committed_seq: Seq,
     /// Catalog version that created the table.
     pub created_in: u64,
+    /// Files replaced by compactions and not yet deleted, oldest first.
+    pub removed: Vec<RemovedFile>,
+    /// The oldest catalog version at which the table can still be read: older versions list
+    /// files that were deleted.
+    pub readable_from: u64,
 }
 
 /// The catalog at one version.
@@ -139,6 +180,8 @@ impl CatalogState {
                             files: Vec::new(),
                             committed_seq: 0,
                             created_in: version,
+                            removed: Vec::new(),
+                            readable_from: version,
                         }),
                     );
                 }
@@ -164,9 +207,38 @@ impl CatalogState {
                     }
                     entry.committed_seq = *seq;
                 }
+                Action::ReplaceFiles {
+                    table,
+                    remove,
+                    add,
+                    at_ms,
+                } => {
+                    let entry = Self::entry_mut(&mut next, table)?;
+                    replace_files(entry, version, remove, add, *at_ms)
+                        .map_err(CatalogError::Conflict)?;
+                }
+                Action::PurgeFiles { table, paths } => {
+                    let entry = Self::entry_mut(&mut next, table)?;
+                    for path in paths {
+                        let Some(i) = entry.removed.iter().position(|r| &r.path == path) else {
+                            return Err(CatalogError::Conflict(format!(
+                                "cannot purge {path}: it is not a removed file of {table}"
+                            )));
+                        };
+                        let gone = entry.removed.remove(i);
+                        entry.readable_from = entry.readable_from.max(gone.removed_in);
+                    }
+                }
             }
         }
         Ok(next)
+    }
+
+    /// Whether any live or removed file of any table has this path.
+    pub fn references(&self, path: &str) -> bool {
+        self.tables.values().any(|t| {
+            t.files.iter().any(|f| f.path == path) || t.removed.iter().any(|r| r.path == path)
+        })
     }
 
     fn entry_mut<'a>(
@@ -179,6 +251,68 @@ impl CatalogState {
             .map(Arc::make_mut)
             .ok_or_else(|| CatalogError::TableNotFound(table.to_string()))
     }
+}
+
+/// Applies a compaction's replacement to `entry`: every removed path must be a live file, and the
+/// new files must hold only events of the removed ones (their sequences within the removed
+/// files' range). The new files take the place of the first removed one in commit order.
+fn replace_files(
+    entry: &mut TableEntry,
+    version: u64,
+    remove: &[String],
+    add: &[DataFile],
+    at_ms: i64,
+) -> Result<(), String> {
+    if remove.is_empty() {
+        return Err("a compaction must replace at least one file".into());
+    }
+    let mut positions = Vec::with_capacity(remove.len());
+    for path in remove {
+        let Some(i) = entry.files.iter().position(|f| &f.path == path) else {
+            return Err(format!(
+                "{path} is no longer a live file (another compaction replaced it)"
+            ));
+        };
+        if positions.contains(&i) {
+            return Err(format!("{path} is listed twice"));
+        }
+        positions.push(i);
+    }
+    let lo = positions
+        .iter()
+        .map(|&i| entry.files[i].min_seq)
+        .min()
+        .unwrap_or(0);
+    let hi = positions
+        .iter()
+        .map(|&i| entry.files[i].max_seq)
+        .max()
+        .unwrap_or(0);
+    if let Some(f) = add.iter().find(|f| f.min_seq < lo || f.max_seq > hi) {
+        return Err(format!(
+            "{} holds sequences {}..={} outside the replaced files' {lo}..={hi}",
+            f.path, f.min_seq, f.max_seq
+        ));
+    }
+    let first = positions.iter().copied().min().unwrap_or(0);
+    let mut kept = Vec::with_capacity(entry.files.len() - positions.len() + add.len());
+    for (i, f) in entry.files.iter().enumerate() {
+        if i == first {
+            kept.extend(add.iter().cloned().map(Arc::new));
+        }
+        if positions.contains(&i) {
+            entry.removed.push(RemovedFile {
+                path: f.path.clone(),
+                size_bytes: f.size_bytes,
+                removed_in: version,
+                removed_at_ms: at_ms,
+            });
+        } else {
+            kept.push(f.clone());
+        }
+    }
+    entry.files = kept;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -235,6 +369,110 @@ mod tests {
         assert!(
             s2.apply(3, &[Action::CommittedSeq { table: t(), seq: 9 }])
                 .is_err()
+        );
+    }
+
+    fn file(path: &str, min_seq: Seq, max_seq: Seq) -> DataFile {
+        DataFile {
+            path: path.into(),
+            partition: "all".into(),
+            size_bytes: 10,
+            rows: 1,
+            min_seq,
+            max_seq,
+            schema_version: 1,
+            min_time: None,
+            max_time: None,
+            min_key: None,
+            max_key: None,
+        }
+    }
+
+    #[test]
+    fn replace_then_purge() {
+        let s = CatalogState::default()
+            .apply(
+                1,
+                &[Action::CreateTable {
+                    table: t(),
+                    schema: schema(),
+                }],
+            )
+            .unwrap()
+            .apply(
+                2,
+                &[
+                    Action::AddFile {
+                        table: t(),
+                        file: file("a", 1, 5),
+                    },
+                    Action::AddFile {
+                        table: t(),
+                        file: file("b", 6, 9),
+                    },
+                    Action::AddFile {
+                        table: t(),
+                        file: file("c", 10, 12),
+                    },
+                    Action::CommittedSeq {
+                        table: t(),
+                        seq: 12,
+                    },
+                ],
+            )
+            .unwrap();
+        let replace = |remove: &[&str], add: Vec<DataFile>| Action::ReplaceFiles {
+            table: t(),
+            remove: remove.iter().map(|p| p.to_string()).collect(),
+            add,
+            at_ms: 1000,
+        };
+        // Outputs must hold only the inputs' sequences.
+        assert!(matches!(
+            s.apply(3, &[replace(&["a", "b"], vec![file("ab", 1, 10)])]),
+            Err(CatalogError::Conflict(_))
+        ));
+        assert!(matches!(
+            s.apply(3, &[replace(&["a", "x"], vec![])]),
+            Err(CatalogError::Conflict(_))
+        ));
+        let s3 = s
+            .apply(3, &[replace(&["a", "b"], vec![file("ab", 1, 9)])])
+            .unwrap();
+        let e = s3.table(&t()).unwrap();
+        let live: Vec<&str> = e.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(live, vec!["ab", "c"], "the output takes the inputs' place");
+        assert_eq!(e.removed.len(), 2);
+        assert_eq!(e.removed[0].removed_in, 3);
+        assert!(s3.references("a") && s3.references("ab") && !s3.references("zz"));
+        // Replacing a file twice is a conflict: the second compaction lost a race.
+        assert!(s3.apply(4, &[replace(&["a", "c"], vec![])]).is_err());
+
+        let s4 = s3
+            .apply(
+                4,
+                &[Action::PurgeFiles {
+                    table: t(),
+                    paths: vec!["a".into(), "b".into()],
+                }],
+            )
+            .unwrap();
+        let e = s4.table(&t()).unwrap();
+        assert!(e.removed.is_empty());
+        assert_eq!(
+            e.readable_from, 3,
+            "versions before the compaction listed deleted files"
+        );
+        assert!(!s4.references("a"));
+        assert!(
+            s4.apply(
+                5,
+                &[Action::PurgeFiles {
+                    table: t(),
+                    paths: vec!["a".into()]
+                }]
+            )
+            .is_err()
         );
     }
 }

@@ -8,6 +8,7 @@ use tracing::Instrument as _;
 
 use super::messages::Flush;
 use super::{FlushError, build_files};
+use crate::background::spawn_niced;
 use crate::catalog::messages::{Commit, Snapshot};
 use crate::catalog::{Action, CatalogActor, CatalogError, CatalogState};
 use crate::ids::{Seq, TableRef};
@@ -42,33 +43,6 @@ impl Actor for FlushActor {
 
 impl Supervised for FlushActor {}
 
-/// Runs `job` on a thread of its own at a lower scheduling priority (nice +10). Encoding a
-/// flush competes with ingest for the same cores, and an acknowledgement waiting behind it is
-/// what users feel; when the memtable budget fills, ingest pauses and the flush gets the CPU.
-fn in_background<T: Send + 'static>(
-    job: impl FnOnce() -> T + Send + 'static,
-) -> Result<tokio::sync::oneshot::Receiver<T>, FlushError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("alluvium-flush".into())
-        .spawn(move || {
-            lower_priority();
-            let _ = tx.send(job());
-        })
-        .map_err(|e| FlushError::Encode(format!("cannot start a flush thread: {e}")))?;
-    Ok(rx)
-}
-
-#[allow(unsafe_code)]
-fn lower_priority() {
-    // SAFETY: setpriority takes plain integers and touches no memory of ours; `who = 0` names
-    // the calling thread, since Linux keeps a nice value per thread.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
-    if rc != 0 {
-        tracing::debug!("cannot lower the priority of the flush thread");
-    }
-}
-
 fn committed_seq(state: &CatalogState, table: &TableRef) -> Seq {
     state.table(table).map_or(0, |e| e.committed_seq)
 }
@@ -99,7 +73,8 @@ impl Handler<Flush> for FlushActor {
                     return Ok(before);
                 }
                 let t = table.clone();
-                let files = in_background(move || build_files(&t, &memtable))?
+                let files = spawn_niced("alluvium-flush", move || build_files(&t, &memtable))
+                    .map_err(|e| FlushError::Encode(format!("cannot start a flush thread: {e}")))?
                     .await
                     .map_err(|_| FlushError::Encode("the flush thread died".into()))??;
                 for (file, bytes) in &files {

@@ -60,12 +60,17 @@ fn data_file_table(path: &ObjectPath) -> Option<TableRef> {
 }
 
 /// The objects of `listing` that are data files of a table `state` knows but that no file of
-/// `state` references.
+/// `state` references, live or replaced by a compaction and awaiting deletion.
 pub fn orphans<'a>(listing: &'a [ObjectMeta], state: &CatalogState) -> Vec<&'a ObjectMeta> {
     let referenced: HashSet<&str> = state
         .tables
         .values()
-        .flat_map(|t| t.files.iter().map(|f| f.path.as_str()))
+        .flat_map(|t| {
+            t.files
+                .iter()
+                .map(|f| f.path.as_str())
+                .chain(t.removed.iter().map(|r| r.path.as_str()))
+        })
         .collect();
     listing
         .iter()

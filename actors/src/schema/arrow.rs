@@ -561,6 +561,64 @@ pub fn write_json_rows(
     Ok(())
 }
 
+/// The value at row `i` of a key column (bool, integers, strings, binary, timestamps, dates),
+/// as the memtable holds it, so that its order-preserving encoding matches the memtable's.
+/// `None` for types that cannot be keys.
+pub fn key_value_at(array: &dyn Array, i: usize) -> Option<Value> {
+    if array.is_null(i) {
+        return Some(Value::Null);
+    }
+    Some(match array.data_type() {
+        DataType::Boolean => Value::Bool(array.as_boolean().value(i)),
+        DataType::Int32 => Value::Int(i64::from(array.as_primitive::<Int32Type>().value(i))),
+        DataType::Int64 => Value::Int(array.as_primitive::<Int64Type>().value(i)),
+        DataType::UInt64 => Value::UInt(array.as_primitive::<UInt64Type>().value(i)),
+        DataType::Utf8 => Value::Str(array.as_string::<i32>().value(i).to_string()),
+        DataType::Binary => Value::Bytes(array.as_binary::<i32>().value(i).to_vec()),
+        DataType::Date32 => Value::Date(array.as_primitive::<Date32Type>().value(i)),
+        DataType::Timestamp(unit, _) => Value::Timestamp(match unit {
+            ArrowUnit::Second => array.as_primitive::<TimestampSecondType>().value(i),
+            ArrowUnit::Millisecond => array.as_primitive::<TimestampMillisecondType>().value(i),
+            ArrowUnit::Microsecond => array.as_primitive::<TimestampMicrosecondType>().value(i),
+            ArrowUnit::Nanosecond => array.as_primitive::<TimestampNanosecondType>().value(i),
+        }),
+        _ => return None,
+    })
+}
+
+/// Reshapes a batch read from a file to `target` (a table's current [`arrow_schema`]): columns
+/// are matched by name, widened where the type changed, and filled with nulls where the file
+/// predates the field. A missing non-nullable column or an impossible cast is an error.
+pub fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, SchemaError> {
+    if batch.schema_ref() == target {
+        return Ok(batch.clone());
+    }
+    let columns = target
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => arrow::compute::cast(c, f.data_type()).map_err(|e| {
+                SchemaError::Arrow(format!(
+                    "cannot read column {} as {}: {e}",
+                    f.name(),
+                    f.data_type()
+                ))
+            }),
+            None if f.is_nullable() => Ok(arrow::array::new_null_array(
+                f.data_type(),
+                batch.num_rows(),
+            )),
+            None => Err(SchemaError::Arrow(format!(
+                "column {} is missing and not nullable",
+                f.name()
+            ))),
+        })
+        .collect::<Result<Vec<ArrayRef>, _>>()?;
+    RecordBatch::try_new(target.clone(), columns)
+        .map_err(|e| SchemaError::Arrow(format!("cannot reshape a batch: {e}")))
+}
+
 #[cfg(test)]
 #[path = "arrow_tests.rs"]
 mod tests;

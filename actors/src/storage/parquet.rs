@@ -5,6 +5,7 @@
 //! version and the sequence range, so a file explains itself to any Parquet reader.
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
@@ -55,38 +56,82 @@ fn parquet_err(source: parquet::errors::ParquetError) -> StorageError {
     }
 }
 
+/// A Parquet file being written in memory, batch by batch (flushes write one batch, compactions
+/// stream many).
+pub struct FileWriter {
+    writer: ArrowWriter<Vec<u8>>,
+}
+
+impl std::fmt::Debug for FileWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileWriter")
+            .field("size", &self.size())
+            .finish()
+    }
+}
+
+impl FileWriter {
+    /// Starts a file of `schema` with `opts` (its `seq_range` is ignored: see [`Self::finish`]).
+    pub fn new(schema: SchemaRef, opts: &FileOptions) -> Result<Self, StorageError> {
+        let level = ZstdLevel::try_new(opts.zstd_level).map_err(parquet_err)?;
+        let mut props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(level))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .set_key_value_metadata(Some(vec![
+                KeyValue::new(meta::TABLE.into(), opts.table.clone()),
+                KeyValue::new(meta::SCHEMA_VERSION.into(), opts.schema_version.to_string()),
+            ]))
+            .set_sorting_columns(Some(
+                opts.sorted_by
+                    .iter()
+                    .map(|&i| SortingColumn {
+                        column_idx: i as i32,
+                        descending: false,
+                        nulls_first: true,
+                    })
+                    .collect(),
+            ));
+        for c in &opts.bloom_columns {
+            props = props.set_column_bloom_filter_enabled(ColumnPath::from(c.as_str()), true);
+        }
+        let writer =
+            ArrowWriter::try_new(Vec::new(), schema, Some(props.build())).map_err(parquet_err)?;
+        Ok(Self { writer })
+    }
+
+    /// Appends rows.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), StorageError> {
+        self.writer.write(batch).map_err(parquet_err)
+    }
+
+    /// Approximate size of the file so far: bytes written plus the encoded size of the row
+    /// group in progress.
+    pub fn size(&self) -> usize {
+        self.writer.bytes_written() + self.writer.in_progress_size()
+    }
+
+    /// Finishes the file, recording the smallest and largest `_seq` of its rows.
+    pub fn finish(mut self, seq_range: (u64, u64)) -> Result<Bytes, StorageError> {
+        self.writer.append_key_value_metadata(KeyValue::new(
+            meta::MIN_SEQ.into(),
+            seq_range.0.to_string(),
+        ));
+        self.writer.append_key_value_metadata(KeyValue::new(
+            meta::MAX_SEQ.into(),
+            seq_range.1.to_string(),
+        ));
+        // Writes the footer too.
+        let buf = self.writer.into_inner().map_err(parquet_err)?;
+        Ok(Bytes::from(buf))
+    }
+}
+
 /// Encodes one sorted batch as a complete Parquet file in memory.
 pub fn encode(batch: &RecordBatch, opts: &FileOptions) -> Result<Bytes, StorageError> {
-    let level = ZstdLevel::try_new(opts.zstd_level).map_err(parquet_err)?;
-    let mut props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(level))
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_key_value_metadata(Some(vec![
-            KeyValue::new(meta::TABLE.into(), opts.table.clone()),
-            KeyValue::new(meta::SCHEMA_VERSION.into(), opts.schema_version.to_string()),
-            KeyValue::new(meta::MIN_SEQ.into(), opts.seq_range.0.to_string()),
-            KeyValue::new(meta::MAX_SEQ.into(), opts.seq_range.1.to_string()),
-        ]))
-        .set_sorting_columns(Some(
-            opts.sorted_by
-                .iter()
-                .map(|&i| SortingColumn {
-                    column_idx: i as i32,
-                    descending: false,
-                    nulls_first: true,
-                })
-                .collect(),
-        ));
-    for c in &opts.bloom_columns {
-        props = props.set_column_bloom_filter_enabled(ColumnPath::from(c.as_str()), true);
-    }
-    let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 4 + 4096);
-    let mut writer =
-        ArrowWriter::try_new(&mut buf, batch.schema(), Some(props.build())).map_err(parquet_err)?;
-    writer.write(batch).map_err(parquet_err)?;
-    writer.close().map_err(parquet_err)?;
-    Ok(Bytes::from(buf))
+    let mut writer = FileWriter::new(batch.schema(), opts)?;
+    writer.write(batch)?;
+    writer.finish(opts.seq_range)
 }
 
 /// Decodes a Parquet file, keeping only the named columns (all when `columns` is `None`).
