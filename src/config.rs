@@ -126,6 +126,8 @@ pub struct Config {
     pub wal: WalSection,
     /// Memtables and flushing.
     pub memtable: MemtableSection,
+    /// Compaction and deletion of replaced files.
+    pub compaction: CompactionSection,
     /// Limits on ingest batches.
     pub ingest: IngestSection,
     /// Authentication.
@@ -141,6 +143,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             wal: WalSection::default(),
             memtable: MemtableSection::default(),
+            compaction: CompactionSection::default(),
             ingest: IngestSection::default(),
             auth: AuthSection::default(),
             telemetry: crate::telemetry::TelemetryConfig::default(),
@@ -210,6 +213,45 @@ impl Default for MemtableSection {
             freeze_age: HumanDuration(Duration::from_secs(60)),
             budget: ByteSize(1 << 30),
             flush_retry: HumanDuration(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// `[compaction]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactionSection {
+    /// Size compacted files aim for; files at half of it or more are left alone. Default:
+    /// `128MiB`.
+    pub target_file_size: ByteSize,
+    /// Files of similar size (tiers of 4x) in one time partition are merged once there are this
+    /// many. Default: 4.
+    pub min_files: usize,
+    /// Most files in one merge. Default: 32.
+    pub max_files: usize,
+    /// Most compressed bytes in one merge. Default: `1GiB`.
+    pub max_input_size: ByteSize,
+    /// How often tables are checked for work and replaced files for deletion; `0s` turns
+    /// background compaction off (`POST /v1/tables/{table}/compact` still works). Default: `30s`.
+    pub interval: HumanDuration,
+    /// How long files replaced by a compaction stay on the store (and older catalog versions
+    /// stay readable with `as_of`); running queries keep what they read past it. Default: `10m`.
+    pub grace: HumanDuration,
+    /// Merges running at once across tables, each on one core. Default: 1.
+    pub max_concurrent: usize,
+}
+
+impl Default for CompactionSection {
+    fn default() -> Self {
+        let d = alluvium_actors::compaction::CompactionConfig::default();
+        Self {
+            target_file_size: ByteSize(d.target_file_bytes),
+            min_files: d.min_input_files,
+            max_files: d.max_input_files,
+            max_input_size: ByteSize(d.max_input_bytes),
+            interval: HumanDuration(d.interval),
+            grace: HumanDuration(d.grace),
+            max_concurrent: d.max_concurrent,
         }
     }
 }

@@ -3,6 +3,7 @@
 use actix_web::dev::Service as _;
 use actix_web::{App, HttpServer, web};
 use alluvium_actors::auth::Bootstrap;
+use alluvium_actors::compaction::CompactionConfig;
 use alluvium_actors::memtable::MemtableConfig;
 use alluvium_actors::schema::translate::BatchLimits;
 use alluvium_actors::wal::WalConfig;
@@ -28,6 +29,15 @@ pub fn node_config(config: &Config) -> NodeConfig {
             retry_backoff: config.memtable.flush_retry.0,
         },
         memory_budget: config.memtable.budget.0 as usize,
+        compaction: CompactionConfig {
+            target_file_bytes: config.compaction.target_file_size.0,
+            min_input_files: config.compaction.min_files.max(2),
+            max_input_files: config.compaction.max_files.max(2),
+            max_input_bytes: config.compaction.max_input_size.0,
+            interval: config.compaction.interval.0,
+            grace: config.compaction.grace.0,
+            max_concurrent: config.compaction.max_concurrent.max(1),
+        },
         batch_limits: BatchLimits {
             max_rows: config.ingest.max_batch_rows,
             max_depth: config.ingest.max_depth,

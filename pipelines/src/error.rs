@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use alluvium_actors::auth::AuthError;
+use alluvium_actors::compaction::CompactionError;
 use alluvium_actors::flush::FlushError;
 use alluvium_actors::ids::NameError;
 use alluvium_actors::schema::error::SchemaError;
@@ -27,6 +28,12 @@ pub enum PipelineError {
     /// A forced flush failed.
     #[error(transparent)]
     Flush(#[from] FlushError),
+    /// A compaction failed.
+    #[error(transparent)]
+    Compaction(#[from] CompactionError),
+    /// A time-travel read names a catalog version that is not readable.
+    #[error("{0}")]
+    VersionUnavailable(String),
     /// Reading committed files failed.
     #[error(transparent)]
     Storage(#[from] StorageError),

@@ -4,6 +4,9 @@
 use std::collections::BTreeSet;
 
 use alluvium_actors::auth::{Authenticate, CreateKey, NewKey, Principal, Scope};
+use alluvium_actors::catalog::TableEntry;
+use alluvium_actors::catalog::messages::Snapshot;
+use alluvium_actors::compaction::messages::{Compact, CompactionReport};
 use alluvium_actors::ids::{TableName, TableRef, TenantId};
 use alluvium_actors::memtable::messages::FlushTable;
 use alluvium_actors::schema::messages::{
@@ -166,6 +169,41 @@ impl Node {
             .send(FlushTable { table: info.table })
             .await??;
         Ok(state.map(|s| s.version))
+    }
+
+    /// The table's catalog entry now (`query` scope): live files with their statistics, files
+    /// replaced by compactions and awaiting deletion, and the catalog version read.
+    pub async fn files(
+        &self,
+        principal: &Principal,
+        table: &str,
+    ) -> Result<(u64, std::sync::Arc<TableEntry>), PipelineError> {
+        let info = self.table(principal, table).await?;
+        let state = self.catalog.send(Snapshot).await?;
+        let entry = state.table(&info.table).cloned().ok_or_else(|| {
+            PipelineError::Schema(alluvium_actors::schema::error::SchemaError::UnknownTable {
+                table: info.table.to_string(),
+            })
+        })?;
+        Ok((state.version, entry))
+    }
+
+    /// Compacts a table now (`admin` scope): every partition's small files are merged, and the
+    /// report says what was replaced and written.
+    pub async fn compact(
+        &self,
+        principal: &Principal,
+        table: &str,
+    ) -> Result<CompactionReport, PipelineError> {
+        principal.require(Scope::Admin)?;
+        let info = self.table(principal, table).await?;
+        Ok(self
+            .compaction
+            .send(Compact {
+                table: info.table,
+                force: true,
+            })
+            .await??)
     }
 
     /// Creates an API key. An admin may create keys for its own tenant; the admin of the

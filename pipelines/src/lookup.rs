@@ -82,13 +82,14 @@ fn is_delete(batch: &RecordBatch, i: usize) -> bool {
 impl Node {
     /// Returns the live row with primary key `key` (URL form, as for deletes) of an upsert
     /// table (`query` scope), as a one-row batch of every field (and the hidden columns when
-    /// asked).
+    /// asked), now or as of an older catalog version.
     pub async fn lookup(
         &self,
         principal: &Principal,
         table: &str,
         key: &str,
         include_hidden: bool,
+        as_of: Option<u64>,
     ) -> Result<RecordBatch, PipelineError> {
         principal.require(Scope::Query)?;
         let info = self.table_info(Self::table_ref(principal, table)?).await?;
@@ -111,8 +112,12 @@ impl Node {
             mem,
             files,
             committed,
+            _pin,
             ..
-        } = self.snapshot(&info.table).await?;
+        } = match as_of {
+            Some(v) => self.snapshot_at(&info.table, v).await?,
+            None => self.snapshot(&info.table).await?,
+        };
 
         // Memtable versions (above the committed sequence) are newer than any file's.
         let in_memory = mem

@@ -15,7 +15,9 @@ use actix::{Addr, Supervisor};
 use alluvium_actors::auth::{
     self, AuthActor, Authenticator, Bootstrap, JwtConfig, JwtVerifier, KeyStore,
 };
-use alluvium_actors::catalog::{self, CatalogActor, CatalogState};
+use alluvium_actors::catalog::actor::CommitNotice;
+use alluvium_actors::catalog::{self, CatalogActor, CatalogState, Pins};
+use alluvium_actors::compaction::{CompactionActor, CompactionConfig};
 use alluvium_actors::flush::{FlushActor, gc};
 use alluvium_actors::ids::{Seq, TableRef};
 use alluvium_actors::memtable::{MemoryGauge, MemtableActor, MemtableConfig};
@@ -39,6 +41,8 @@ pub struct NodeConfig {
     pub memtable: MemtableConfig,
     /// Byte budget of all memtables; above it ingest pushes back.
     pub memory_budget: usize,
+    /// Compaction strategy, limits and file retention.
+    pub compaction: CompactionConfig,
     /// Limits on one batch.
     pub batch_limits: BatchLimits,
     /// JWT verification.
@@ -55,6 +59,9 @@ pub struct Node {
     pub(crate) wal: Addr<WalActor>,
     pub(crate) memtable: Addr<MemtableActor>,
     pub(crate) catalog: Addr<CatalogActor>,
+    pub(crate) compaction: Addr<CompactionActor>,
+    pub(crate) pins: Pins,
+    pub(crate) notices: tokio::sync::broadcast::Sender<Arc<CommitNotice>>,
     pub(crate) storage: Storage,
     pub(crate) gauge: MemoryGauge,
     pub(crate) wal_stats: Arc<WalStats>,
@@ -99,7 +106,16 @@ impl Node {
         let state = Arc::new(state);
 
         let catalog_actor = CatalogActor::new(storage.clone(), state.clone());
+        let notices = catalog_actor.notices();
         let catalog = Supervisor::start(move |_| catalog_actor);
+        let pins = Pins::default();
+        let compaction_actor = CompactionActor::new(
+            storage.clone(),
+            catalog.clone(),
+            pins.clone(),
+            config.compaction.clone(),
+        );
+        let compaction = Supervisor::start(move |_| compaction_actor);
         let flush_storage = storage.clone();
         let flush_catalog = catalog.clone();
         let flush = Supervisor::start(move |_| FlushActor::new(flush_storage, flush_catalog));
@@ -134,12 +150,21 @@ impl Node {
             wal,
             memtable,
             catalog,
+            compaction,
+            pins,
+            notices,
             storage,
             gauge,
             wal_stats,
             memory_budget: config.memory_budget,
             bootstrap: Arc::new(bootstrap),
         })
+    }
+
+    /// Receives a notice of every catalog commit (flushes, compactions, purges, new tables)
+    /// made from now on.
+    pub fn subscribe_commits(&self) -> tokio::sync::broadcast::Receiver<Arc<CommitNotice>> {
+        self.notices.subscribe()
     }
 
     /// Bytes held by memtables now.

@@ -11,8 +11,8 @@
 use std::sync::Arc;
 
 use alluvium_actors::auth::{Principal, Scope};
-use alluvium_actors::catalog::DataFile;
 use alluvium_actors::catalog::messages::Snapshot;
+use alluvium_actors::catalog::{DataFile, Pin, checkpoint};
 use alluvium_actors::ids::{Seq, TableRef};
 use alluvium_actors::memtable::messages::{MemSnapshot, Read};
 use alluvium_actors::schema::TableSchema;
@@ -41,6 +41,10 @@ pub struct QueryRequest {
     /// given). Default: false.
     #[serde(default)]
     pub include_hidden: bool,
+    /// Read the table as of this catalog version (its committed files only, no memtable rows),
+    /// while the files that version lists are retained. Default: now.
+    #[serde(default)]
+    pub as_of: Option<u64>,
 }
 
 /// Rows of a query, as Arrow batches of the requested columns.
@@ -101,6 +105,8 @@ pub(crate) struct TableSnapshot {
     pub committed: Seq,
     /// The catalog version read.
     pub catalog_version: u64,
+    /// Keeps the files of that version on the store while the read runs.
+    pub _pin: Pin,
 }
 
 impl Node {
@@ -115,6 +121,7 @@ impl Node {
             })
             .await?;
         let state = self.catalog.send(Snapshot).await?;
+        let pin = self.pins.pin(state.version);
         let (files, committed) = match state.table(table) {
             Some(e) => (e.files.clone(), e.committed_seq),
             None => (Vec::new(), 0),
@@ -124,6 +131,52 @@ impl Node {
             files,
             committed,
             catalog_version: state.version,
+            _pin: pin,
+        })
+    }
+
+    /// Takes a table's snapshot at an older catalog version: its committed files then, and no
+    /// memtable rows. Fails when the version is not readable (before the table existed, after
+    /// the newest version, or listing files deleted since).
+    pub(crate) async fn snapshot_at(
+        &self,
+        table: &TableRef,
+        version: u64,
+    ) -> Result<TableSnapshot, PipelineError> {
+        // Pinned before checking, so the file GC keeps what this version lists from now on.
+        let pin = self.pins.pin(version);
+        let now = self.catalog.send(Snapshot).await?;
+        let Some(entry) = now.table(table) else {
+            return Err(PipelineError::VersionUnavailable(format!(
+                "table {table} does not exist"
+            )));
+        };
+        if version > now.version {
+            return Err(PipelineError::VersionUnavailable(format!(
+                "catalog version {version} does not exist yet (the newest is {})",
+                now.version
+            )));
+        }
+        if version < entry.readable_from {
+            return Err(PipelineError::VersionUnavailable(format!(
+                "table {table} cannot be read as of catalog version {version}: files it listed were deleted after a compaction; the oldest readable version is {}",
+                entry.readable_from
+            )));
+        }
+        let then = checkpoint::load_at(&self.storage, version)
+            .await
+            .map_err(|e| PipelineError::VersionUnavailable(e.to_string()))?;
+        let Some(old) = then.table(table) else {
+            return Err(PipelineError::VersionUnavailable(format!(
+                "table {table} did not exist at catalog version {version}"
+            )));
+        };
+        Ok(TableSnapshot {
+            mem: MemSnapshot::default(),
+            files: old.files.clone(),
+            committed: old.committed_seq,
+            catalog_version: version,
+            _pin: pin,
         })
     }
 
@@ -156,12 +209,17 @@ impl Node {
         }
         let collect_limit = if upsert { usize::MAX } else { limit };
 
+        let snapshot = match req.as_of {
+            Some(v) => self.snapshot_at(&info.table, v).await?,
+            None => self.snapshot(&info.table).await?,
+        };
         let TableSnapshot {
             mem,
             files,
             committed,
             catalog_version,
-        } = self.snapshot(&info.table).await?;
+            _pin,
+        } = snapshot;
 
         let mut batches = Vec::new();
         let mut rows = 0usize;

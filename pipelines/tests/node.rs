@@ -28,6 +28,7 @@ fn config(dir: &Path, budget: usize) -> NodeConfig {
             retry_backoff: Duration::from_millis(100),
         },
         memory_budget: budget,
+        compaction: Default::default(),
         batch_limits: BatchLimits::default(),
         jwt: JwtConfig::default(),
         bootstrap_key: Some(KEY.into()),

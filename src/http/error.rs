@@ -7,6 +7,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use alluvium_actors::auth::AuthError;
+use alluvium_actors::compaction::CompactionError;
 use alluvium_actors::schema::error::SchemaError;
 use alluvium_actors::wal::WalError;
 use alluvium_pipelines::PipelineError;
@@ -99,6 +100,12 @@ impl ApiError {
                     _ => (StatusCode::SERVICE_UNAVAILABLE, "wal_unavailable"),
                 },
                 P::Flush(_) => (StatusCode::SERVICE_UNAVAILABLE, "flush_failed"),
+                P::Compaction(e) => match e {
+                    CompactionError::Busy(_) => (StatusCode::CONFLICT, "compaction_running"),
+                    CompactionError::TableNotFound(_) => (StatusCode::NOT_FOUND, "table_not_found"),
+                    _ => (StatusCode::SERVICE_UNAVAILABLE, "compaction_failed"),
+                },
+                P::VersionUnavailable(_) => (StatusCode::GONE, "version_unavailable"),
                 P::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
                 P::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
                 P::UnknownColumn(_) => (StatusCode::BAD_REQUEST, "unknown_column"),

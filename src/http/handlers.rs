@@ -6,6 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::{HttpRequest, HttpResponse, web};
 use alluvium_actors::auth::{Principal, Scope};
+use alluvium_actors::catalog::DataFile;
 use alluvium_actors::ids::TenantId;
 use alluvium_actors::schema::TableSchema;
 use alluvium_actors::schema::arrow::{batch_to_json, write_json_rows};
@@ -238,6 +239,8 @@ pub async fn delete_row(
 struct RowParams {
     #[serde(default)]
     include_hidden: bool,
+    #[serde(default)]
+    as_of: Option<u64>,
 }
 
 /// `GET /v1/tables/{table}/rows/{key}`: the live row of a key of an upsert table.
@@ -252,7 +255,13 @@ pub async fn get_row(
     let (table, key) = path.into_inner();
     let batch = state
         .node
-        .lookup(&principal, &table, &key, params.include_hidden)
+        .lookup(
+            &principal,
+            &table,
+            &key,
+            params.include_hidden,
+            params.as_of,
+        )
         .await?;
     let row = batch_to_json(&batch)
         .map_err(|e| ApiError::Pipeline(PipelineError::Unavailable(e.to_string())))?
@@ -374,6 +383,34 @@ pub async fn flush(
         "flushed": version.is_some(),
         "catalog_version": version,
     })))
+}
+
+pub async fn files(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    table: web::Path<String>,
+) -> Result<HttpResponse> {
+    let principal = principal(&state, &req).await?;
+    let (version, entry) = state.node.files(&principal, &table).await?;
+    let files: Vec<&DataFile> = entry.files.iter().map(|f| f.as_ref()).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "catalog_version": version,
+        "schema_version": entry.schema_version,
+        "committed_seq": entry.committed_seq,
+        "readable_from": entry.readable_from,
+        "files": files,
+        "removed": entry.removed,
+    })))
+}
+
+pub async fn compact(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    table: web::Path<String>,
+) -> Result<HttpResponse> {
+    let principal = principal(&state, &req).await?;
+    let report = state.node.compact(&principal, &table).await?;
+    Ok(HttpResponse::Ok().json(report))
 }
 
 #[derive(Deserialize)]

@@ -38,6 +38,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/tables/{table}/events", web::post().to(handlers::ingest))
                 .route("/tables/{table}/query", web::post().to(handlers::query))
                 .route("/tables/{table}/flush", web::post().to(handlers::flush))
+                .route("/tables/{table}/compact", web::post().to(handlers::compact))
+                .route("/tables/{table}/files", web::get().to(handlers::files))
                 .route(
                     "/tables/{table}/rows/{key}",
                     web::delete().to(handlers::delete_row),
