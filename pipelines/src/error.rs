@@ -55,6 +55,12 @@ pub enum PipelineError {
     /// A key given to a row endpoint does not fit the table's primary key.
     #[error("invalid key: {0}")]
     InvalidKey(String),
+    /// A query filter is malformed or does not fit the schema.
+    #[error("invalid filter: {0}")]
+    InvalidFilter(String),
+    /// A query request is malformed.
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
     /// A query names a column the table does not have.
     #[error("unknown column {0:?}")]
     UnknownColumn(String),

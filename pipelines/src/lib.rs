@@ -6,15 +6,19 @@
 //!   recovering state from disk first.
 //! - [`query`]: reads a table as of one snapshot: committed files plus unflushed memtable rows.
 //! - [`lookup`]: the newest version of one key of an upsert table.
+//! - [`filter`]: query filters, evaluated on batches and checked against statistics.
+//! - [`scan`]: reading committed files with pruning by statistics and bloom filters.
 //!
 //! Sources and servers (`alluvium` binary) call into a [`Node`]; they never talk to actors
 //! directly.
 
 pub mod error;
+pub mod filter;
 pub mod ingest;
 pub mod lookup;
 pub mod processing;
 pub mod query;
+pub mod scan;
 
 pub use error::PipelineError;
 pub use processing::{Node, NodeConfig};

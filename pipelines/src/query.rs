@@ -17,14 +17,19 @@ use alluvium_actors::ids::{Seq, TableRef};
 use alluvium_actors::memtable::messages::{MemSnapshot, Read};
 use alluvium_actors::schema::TableSchema;
 use alluvium_actors::schema::arrow::{
-    INGESTED_AT_COLUMN, OP_COLUMN, RowRef, SEQ_COLUMN, rows_to_batch,
+    INGESTED_AT_COLUMN, OP_COLUMN, RowRef, SEQ_COLUMN, arrow_schema, rows_to_batch,
 };
 use alluvium_actors::storage::mvcc::resolve;
-use alluvium_actors::storage::parquet::decode;
 use arrow::array::RecordBatch;
+use arrow::compute::{
+    SortColumn, SortOptions, concat_batches, filter_record_batch, lexsort_to_indices,
+    take_record_batch,
+};
 use object_store::path::Path as ObjectPath;
 use serde::Deserialize;
 
+use crate::filter::{Filter, FilterSpec};
+use crate::scan::{ScanStats, file_may_match, read_file};
 use crate::{Node, PipelineError};
 
 /// A read request: which columns, how many rows.
@@ -45,6 +50,44 @@ pub struct QueryRequest {
     /// while the files that version lists are retained. Default: now.
     #[serde(default)]
     pub as_of: Option<u64>,
+    /// Only rows matching this filter (see [`crate::filter`]).
+    #[serde(default)]
+    pub filter: Option<FilterSpec>,
+    /// Only rows whose time column is in `[from, to)`.
+    #[serde(default)]
+    pub time_range: Option<TimeRange>,
+    /// Order of the rows: by primary key or by time (then sequence). Default: upsert tables by
+    /// key, append tables in storage order.
+    #[serde(default)]
+    pub order_by: Option<OrderBy>,
+    /// Reverse `order_by`.
+    #[serde(default)]
+    pub descending: bool,
+    /// Also return what was pruned and read.
+    #[serde(default)]
+    pub explain: bool,
+}
+
+/// Bounds on the time column, written like its values in events; either may be absent.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeRange {
+    /// Inclusive lower bound.
+    #[serde(default)]
+    pub from: Option<serde_json::Value>,
+    /// Exclusive upper bound.
+    #[serde(default)]
+    pub to: Option<serde_json::Value>,
+}
+
+/// What `order_by` sorts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderBy {
+    /// The primary key.
+    Key,
+    /// The time column.
+    Time,
 }
 
 /// Rows of a query, as Arrow batches of the requested columns.
@@ -54,6 +97,10 @@ pub struct QueryResult {
     pub batches: Vec<RecordBatch>,
     /// Catalog version read.
     pub catalog_version: u64,
+    /// What was pruned and read.
+    pub stats: ScanStats,
+    /// The Arrow schema of the rows (also when there are none).
+    pub schema: arrow::datatypes::SchemaRef,
 }
 
 pub(crate) const HIDDEN: [&str; 3] = [SEQ_COLUMN, OP_COLUMN, INGESTED_AT_COLUMN];
@@ -180,7 +227,8 @@ impl Node {
         })
     }
 
-    /// Returns the rows of a table of the principal's tenant (`query` scope).
+    /// Returns the rows of a table of the principal's tenant (`query` scope) that match the
+    /// request's filter and time range, in the requested order.
     pub async fn query(
         &self,
         principal: &Principal,
@@ -189,25 +237,59 @@ impl Node {
     ) -> Result<QueryResult, PipelineError> {
         principal.require(Scope::Query)?;
         let info = self.table(principal, table).await?;
-        let cols = columns(&info.schema, &req)?;
+        let schema = info.schema.clone();
+        let cols = columns(&schema, &req)?;
+        if req.descending && req.order_by.is_none() {
+            return Err(PipelineError::InvalidQuery(
+                "\"descending\" needs \"order_by\"".into(),
+            ));
+        }
+        let out_schema = Arc::new(
+            arrow_schema(&schema)
+                .project(
+                    &cols
+                        .iter()
+                        .filter_map(|c| arrow_schema(&schema).index_of(c).ok())
+                        .collect::<Vec<_>>(),
+                )
+                .map_err(|e| PipelineError::Unavailable(e.to_string()))?,
+        );
         let limit = req.limit.unwrap_or(usize::MAX);
+        let filter = full_filter(&schema, &req)?;
+        let order = order_columns(&schema, req.order_by)?;
         // Upsert tables resolve versions by key: read the key, `_seq` and `_op` too, and every
-        // row, since the newest version of a key can be anywhere.
-        let key = info.schema.primary_key.clone();
+        // row, since the newest version of a key can be anywhere. Only conditions on the key
+        // may prune before resolution (every version of a row has the same key); the rest
+        // applies to the winning versions.
+        let key = schema.primary_key.clone();
         let upsert = !key.is_empty();
+        let prune = match &filter {
+            Some(f) if upsert => f.restrict(&key),
+            Some(f) => f.clone(),
+            None => Filter::And(Vec::new()),
+        };
         let mut fetch = cols.clone();
+        let mut extra: Vec<String> = Vec::new();
+        if let Some(f) = &filter {
+            f.columns(&mut extra);
+        }
+        extra.extend(order.iter().cloned());
         if upsert {
-            for c in key
-                .iter()
-                .map(String::as_str)
-                .chain([SEQ_COLUMN, OP_COLUMN])
-            {
-                if !fetch.iter().any(|f| f == c) {
-                    fetch.push(c.to_string());
-                }
+            extra.extend(key.iter().cloned());
+            extra.extend([SEQ_COLUMN.to_string(), OP_COLUMN.to_string()]);
+        }
+        for c in extra {
+            if !fetch.contains(&c) {
+                fetch.push(c);
             }
         }
-        let collect_limit = if upsert { usize::MAX } else { limit };
+        // Rows are collected up to the limit unless all must be seen first (to resolve
+        // versions or to sort).
+        let collect_limit = if upsert || !order.is_empty() {
+            usize::MAX
+        } else {
+            limit
+        };
 
         let snapshot = match req.as_of {
             Some(v) => self.snapshot_at(&info.table, v).await?,
@@ -221,11 +303,21 @@ impl Node {
             _pin,
         } = snapshot;
 
+        let mut stats = ScanStats {
+            files_total: files.len(),
+            ..ScanStats::default()
+        };
+        // Append tables filter as they read; upsert tables after resolving.
+        let early_filter = if upsert { None } else { filter.clone() };
         let mut batches = Vec::new();
         let mut rows = 0usize;
         for file in files {
             if rows >= collect_limit {
                 break;
+            }
+            if !file_may_match(&file, &prune, &schema) {
+                stats.files_pruned += 1;
+                continue;
             }
             let bytes = self
                 .storage
@@ -233,34 +325,48 @@ impl Node {
                 .await?;
             let path = file.path.clone();
             let want = fetch.clone();
-            let decoded = tokio::task::spawn_blocking(move || decode(bytes, Some(&want), &path))
-                .await
-                .map_err(|e| {
-                    PipelineError::Unavailable(format!("file decoding task failed: {e}"))
-                })??;
+            let (p, f, bloom) = (prune.clone(), early_filter.clone(), key.clone());
+            let mut file_stats = ScanStats::default();
+            let (decoded, file_stats) = tokio::task::spawn_blocking(move || {
+                let batches = read_file(bytes, &path, &p, &want, &bloom, &mut file_stats)?;
+                let mut out = Vec::with_capacity(batches.len());
+                for b in batches {
+                    let b = project(&b, &want)?;
+                    out.push(match &f {
+                        Some(f) => apply(f, &b)?,
+                        None => b,
+                    });
+                }
+                Ok::<_, PipelineError>((out, file_stats))
+            })
+            .await
+            .map_err(|e| PipelineError::Unavailable(format!("file decoding task failed: {e}")))??;
+            stats.add(&file_stats);
             for b in decoded {
-                rows = push_limited(&mut batches, project(&b, &fetch)?, rows, collect_limit);
+                rows = push_limited(&mut batches, b, rows, collect_limit);
             }
         }
 
         if rows < collect_limit {
-            let schema: Arc<TableSchema> = info.schema.clone();
+            let schema2: Arc<TableSchema> = schema.clone();
             let cols2 = fetch.clone();
             let want = collect_limit - rows;
-            let batch = tokio::task::spawn_blocking(
-                move || -> Result<Option<RecordBatch>, PipelineError> {
+            let f = early_filter.clone();
+            let (batch, mem_rows) = tokio::task::spawn_blocking(
+                move || -> Result<(Option<RecordBatch>, u64), PipelineError> {
                     // Skiplist entries keep their rows alive: borrow them instead of copying.
                     let mut entries = Vec::new();
                     for m in &mem.memtables {
                         for e in m.iter() {
                             let seq = e.key().seq;
-                            if seq > committed && seq <= mem.upto && entries.len() < want {
+                            if seq > committed && seq <= mem.upto {
                                 entries.push(e);
                             }
                         }
                     }
+                    let read = entries.len() as u64;
                     if entries.is_empty() {
-                        return Ok(None);
+                        return Ok((None, 0));
                     }
                     let row_refs: Vec<RowRef<'_>> = entries
                         .iter()
@@ -270,33 +376,153 @@ impl Node {
                             row: &e.value().row,
                         })
                         .collect();
-                    let batch = rows_to_batch(&schema, &row_refs)?;
-                    Ok(Some(project(&batch, &cols2)?))
+                    let batch = project(&rows_to_batch(&schema2, &row_refs)?, &cols2)?;
+                    let batch = match &f {
+                        Some(f) => apply(f, &batch)?,
+                        None => batch,
+                    };
+                    let take = batch.num_rows().min(want);
+                    Ok((Some(batch.slice(0, take)), read))
                 },
             )
             .await
             .map_err(|e| PipelineError::Unavailable(format!("memtable read task failed: {e}")))??;
+            stats.memtable_rows = mem_rows;
             if let Some(b) = batch {
                 push_limited(&mut batches, b, rows, collect_limit);
             }
         }
-        if upsert {
-            let resolved = tokio::task::spawn_blocking(move || resolve(&batches, &key))
-                .await
-                .map_err(|e| PipelineError::Unavailable(format!("version resolution failed: {e}")))?
-                .map_err(|e| {
-                    PipelineError::Unavailable(format!("version resolution failed: {e}"))
-                })?;
-            batches = Vec::new();
-            if let Some(b) = resolved {
-                push_limited(&mut batches, project(&b, &cols)?, 0, limit);
-            }
-        }
+        let descending = req.descending;
+        let batches =
+            tokio::task::spawn_blocking(move || -> Result<Vec<RecordBatch>, PipelineError> {
+                let mut batches = batches;
+                if upsert {
+                    let resolved = resolve(&batches, &key).map_err(|e| {
+                        PipelineError::Unavailable(format!("version resolution failed: {e}"))
+                    })?;
+                    batches = Vec::new();
+                    if let Some(b) = resolved {
+                        let b = match &filter {
+                            Some(f) => apply(f, &b)?,
+                            None => b,
+                        };
+                        batches.push(b);
+                    }
+                }
+                if !order.is_empty() && !batches.is_empty() {
+                    batches = vec![sort(&batches, &order, descending)?];
+                } else if descending {
+                    return Err(PipelineError::InvalidQuery(
+                        "\"descending\" needs \"order_by\"".into(),
+                    ));
+                }
+                let mut out = Vec::new();
+                let mut n = 0;
+                for b in batches {
+                    n = push_limited(&mut out, project(&b, &cols)?, n, limit);
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(|e| PipelineError::Unavailable(format!("query task failed: {e}")))??;
         Ok(QueryResult {
+            schema: out_schema,
             batches,
             catalog_version,
+            stats,
         })
     }
+}
+
+/// The request's filter and time range as one filter, typed by the schema.
+fn full_filter(schema: &TableSchema, req: &QueryRequest) -> Result<Option<Filter>, PipelineError> {
+    let mut parts = Vec::new();
+    if let Some(spec) = &req.filter {
+        parts.push(Filter::parse(spec.clone(), schema)?);
+    }
+    if let Some(range) = &req.time_range {
+        let Some(tc) = schema.time_column.clone() else {
+            return Err(PipelineError::InvalidQuery(
+                "\"time_range\" needs a table with a time_column".into(),
+            ));
+        };
+        for (bound, op) in [(&range.from, ">="), (&range.to, "<")] {
+            if let Some(v) = bound {
+                parts.push(Filter::parse(
+                    FilterSpec::Condition {
+                        column: tc.clone(),
+                        op: op.into(),
+                        value: Some(v.clone()),
+                    },
+                    schema,
+                )?);
+            }
+        }
+    }
+    Ok(match parts.len() {
+        0 => None,
+        1 => parts.pop(),
+        _ => Some(Filter::And(parts)),
+    })
+}
+
+/// The columns `order_by` sorts on (then `_seq`).
+fn order_columns(
+    schema: &TableSchema,
+    order: Option<OrderBy>,
+) -> Result<Vec<String>, PipelineError> {
+    let by = match order {
+        None => return Ok(Vec::new()),
+        Some(OrderBy::Key) if !schema.primary_key.is_empty() => schema.primary_key.clone(),
+        Some(OrderBy::Key) => {
+            return Err(PipelineError::InvalidQuery(
+                "\"order_by\": \"key\" needs a table with a primary_key".into(),
+            ));
+        }
+        Some(OrderBy::Time) => match &schema.time_column {
+            Some(tc) => vec![tc.clone()],
+            None => {
+                return Err(PipelineError::InvalidQuery(
+                    "\"order_by\": \"time\" needs a table with a time_column".into(),
+                ));
+            }
+        },
+    };
+    Ok(by.into_iter().chain([SEQ_COLUMN.to_string()]).collect())
+}
+
+/// Keeps the rows of `batch` the filter holds for.
+fn apply(filter: &Filter, batch: &RecordBatch) -> Result<RecordBatch, PipelineError> {
+    let mask = filter.evaluate(batch)?;
+    filter_record_batch(batch, &mask)
+        .map_err(|e| PipelineError::Unavailable(format!("filter: {e}")))
+}
+
+/// Sorts all rows of `batches` by `order` (ascending, nulls first; reversed when descending).
+fn sort(
+    batches: &[RecordBatch],
+    order: &[String],
+    descending: bool,
+) -> Result<RecordBatch, PipelineError> {
+    let err = |e: arrow::error::ArrowError| PipelineError::Unavailable(format!("sort: {e}"));
+    let batch = concat_batches(&batches[0].schema(), batches).map_err(err)?;
+    let columns = order
+        .iter()
+        .map(|c| {
+            Ok(SortColumn {
+                values: batch
+                    .column_by_name(c)
+                    .cloned()
+                    .ok_or_else(|| PipelineError::UnknownColumn(c.clone()))?,
+                options: Some(SortOptions {
+                    descending,
+                    nulls_first: !descending,
+                }),
+            })
+        })
+        .collect::<Result<Vec<_>, PipelineError>>()?;
+    let indices = lexsort_to_indices(&columns, None).map_err(err)?;
+    take_record_batch(&batch, &indices).map_err(err)
 }
 
 fn push_limited(

@@ -109,6 +109,8 @@ impl ApiError {
                 P::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
                 P::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
                 P::UnknownColumn(_) => (StatusCode::BAD_REQUEST, "unknown_column"),
+                P::InvalidFilter(_) => (StatusCode::BAD_REQUEST, "invalid_filter"),
+                P::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
                 P::InvalidKey(_) => (StatusCode::BAD_REQUEST, "invalid_key"),
                 P::RowNotFound(_) => (StatusCode::NOT_FOUND, "row_not_found"),
                 P::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),

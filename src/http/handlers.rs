@@ -341,36 +341,122 @@ pub async fn query(
     } else {
         parse_json(&body, "query")?
     };
-    let ndjson = req
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/x-ndjson") || v.contains("application/ndjson"));
+    let explain = request.explain;
+    let format = OutputFormat::of(&req);
     let result = state.node.query(&principal, &table, request).await?;
+    let version = result.catalog_version.to_string();
     let out = web::block(move || -> std::result::Result<Vec<u8>, String> {
-        let mut out = Vec::new();
-        if !ndjson {
-            out.push(b'[');
+        if explain {
+            // Rows and the plan's counts together, as one JSON object.
+            let mut rows = vec![b'['];
+            let mut first = true;
+            for b in &result.batches {
+                write_json_rows(b, &mut rows, false, &mut first).map_err(|e| e.to_string())?;
+            }
+            rows.push(b']');
+            let rows: serde_json::Value =
+                serde_json::from_slice(&rows).map_err(|e| e.to_string())?;
+            return serde_json::to_vec(&serde_json::json!({
+                "catalog_version": result.catalog_version,
+                "rows": rows,
+                "explain": result.stats,
+            }))
+            .map_err(|e| e.to_string());
         }
-        let mut first = true;
-        for b in &result.batches {
-            write_json_rows(b, &mut out, ndjson, &mut first).map_err(|e| e.to_string())?;
+        match format {
+            OutputFormat::Json | OutputFormat::NdJson => {
+                let ndjson = format == OutputFormat::NdJson;
+                let mut out = Vec::new();
+                if !ndjson {
+                    out.push(b'[');
+                }
+                let mut first = true;
+                for b in &result.batches {
+                    write_json_rows(b, &mut out, ndjson, &mut first).map_err(|e| e.to_string())?;
+                }
+                if !ndjson {
+                    out.extend_from_slice(b"]\n");
+                }
+                Ok(out)
+            }
+            OutputFormat::ArrowStream => {
+                let mut w = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &result.schema)
+                    .map_err(|e| e.to_string())?;
+                for b in &result.batches {
+                    w.write(b).map_err(|e| e.to_string())?;
+                }
+                w.into_inner().map_err(|e| e.to_string())
+            }
+            OutputFormat::Parquet => {
+                let props = parquet::file::properties::WriterProperties::builder()
+                    .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+                    .build();
+                let mut w = parquet::arrow::ArrowWriter::try_new(
+                    Vec::new(),
+                    result.schema.clone(),
+                    Some(props),
+                )
+                .map_err(|e| e.to_string())?;
+                for b in &result.batches {
+                    w.write(b).map_err(|e| e.to_string())?;
+                }
+                w.into_inner().map_err(|e| e.to_string())
+            }
         }
-        if !ndjson {
-            out.extend_from_slice(b"]\n");
-        }
-        Ok(out)
     })
     .await
     .map_err(|e| ApiError::Pipeline(PipelineError::Unavailable(e.to_string())))?
     .map_err(|e| ApiError::Pipeline(PipelineError::Unavailable(e)))?;
-    let ctype = if ndjson {
-        "application/x-ndjson"
-    } else {
+    let ctype = if explain {
         "application/json"
+    } else {
+        format.content_type()
     };
-    Ok(HttpResponse::Ok().content_type(ctype).body(out))
+    Ok(HttpResponse::Ok()
+        .content_type(ctype)
+        .insert_header(("Alluvium-Catalog-Version", version))
+        .body(out))
 }
+
+/// How query results are written, chosen by the `Accept` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutputFormat {
+    Json,
+    NdJson,
+    ArrowStream,
+    Parquet,
+}
+
+impl OutputFormat {
+    fn of(req: &HttpRequest) -> OutputFormat {
+        let accept = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if accept.contains(ARROW_STREAM) {
+            OutputFormat::ArrowStream
+        } else if accept.contains(PARQUET) {
+            OutputFormat::Parquet
+        } else if accept.contains("application/x-ndjson") || accept.contains("application/ndjson") {
+            OutputFormat::NdJson
+        } else {
+            OutputFormat::Json
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            OutputFormat::Json => "application/json",
+            OutputFormat::NdJson => "application/x-ndjson",
+            OutputFormat::ArrowStream => ARROW_STREAM,
+            OutputFormat::Parquet => PARQUET,
+        }
+    }
+}
+
+const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+const PARQUET: &str = "application/vnd.apache.parquet";
 
 pub async fn flush(
     state: web::Data<AppState>,

@@ -113,6 +113,8 @@ impl Drop for Server {
 pub struct Resp {
     pub status: u16,
     pub body: String,
+    /// The body's bytes (for binary formats).
+    pub raw: Vec<u8>,
     pub headers: Vec<(String, String)>,
 }
 
@@ -189,13 +191,14 @@ pub fn try_send(
         .filter_map(|n| resp.header(&n).map(|v| (n.clone(), v.to_string())))
         .collect();
     // Not `into_string`: it refuses bodies over 10 MB, and the query of a long crash run is more.
-    let mut body = String::new();
+    let mut raw = Vec::new();
     resp.into_reader()
-        .read_to_string(&mut body)
+        .read_to_end(&mut raw)
         .map_err(|e| e.to_string())?;
     Ok(Resp {
         status,
-        body,
+        body: String::from_utf8_lossy(&raw).into_owned(),
+        raw,
         headers,
     })
 }

@@ -1,0 +1,244 @@
+//! Reading committed files with pruning: whole files by the statistics the catalog keeps (time
+//! range, key range), row groups by Parquet statistics and by bloom filters. What was pruned
+//! and read is counted for `explain`.
+
+use alluvium_actors::catalog::DataFile;
+use alluvium_actors::flush::hex;
+use alluvium_actors::memtable::keys::encode_key_value;
+use alluvium_actors::row::Value;
+use alluvium_actors::schema::arrow::key_value_at;
+use alluvium_actors::schema::{FieldType, TableSchema};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{
+    DataType, Date32Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt64Type,
+};
+use bytes::Bytes;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+use parquet::bloom_filter::Sbbf;
+use serde::Serialize;
+
+use crate::PipelineError;
+use crate::filter::{ColumnStats, Filter, scalar_of};
+
+/// Rows per decoded batch.
+const BATCH_ROWS: usize = 8192;
+
+/// What a query pruned and read (`"explain": true`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ScanStats {
+    /// Live files of the snapshot.
+    pub files_total: usize,
+    /// Files skipped by their time or key range.
+    pub files_pruned: usize,
+    /// Files opened.
+    pub files_read: usize,
+    /// Bytes of the files opened.
+    pub bytes_read: u64,
+    /// Row groups in the files opened.
+    pub row_groups_total: usize,
+    /// Row groups skipped by their column statistics.
+    pub row_groups_pruned_by_statistics: usize,
+    /// Row groups skipped because a bloom filter rules out every wanted value.
+    pub row_groups_pruned_by_bloom_filter: usize,
+    /// Rows decoded from files.
+    pub rows_decoded: u64,
+    /// Rows read from memtables.
+    pub memtable_rows: u64,
+}
+
+impl ScanStats {
+    /// Adds the counts of one file's read.
+    pub fn add(&mut self, o: &ScanStats) {
+        self.files_read += o.files_read;
+        self.bytes_read += o.bytes_read;
+        self.row_groups_total += o.row_groups_total;
+        self.row_groups_pruned_by_statistics += o.row_groups_pruned_by_statistics;
+        self.row_groups_pruned_by_bloom_filter += o.row_groups_pruned_by_bloom_filter;
+        self.rows_decoded += o.rows_decoded;
+    }
+}
+
+fn internal(path: &str, e: impl std::fmt::Display) -> PipelineError {
+    PipelineError::Unavailable(format!("cannot read {path}: {e}"))
+}
+
+/// Whether `file` may hold rows matching `prune`, judging by the time range and key range the
+/// catalog records for it.
+pub fn file_may_match(file: &DataFile, prune: &Filter, schema: &TableSchema) -> bool {
+    if prune.is_true() {
+        return true;
+    }
+    // Key range: a single-column key pinned to values outside the file's range.
+    if let [key] = schema.primary_key.as_slice()
+        && let Some(values) = prune.required_values(key)
+    {
+        let any_inside = (0..values.len()).any(|i| {
+            key_value_at(values.as_ref(), i).is_none_or(|v| {
+                let mut enc = Vec::new();
+                encode_key_value(&v, &mut enc);
+                file.may_hold_key(&hex(&enc))
+            })
+        });
+        if !any_inside {
+            return false;
+        }
+    }
+    // Time range.
+    let Some(tc) = schema.time_column.as_deref() else {
+        return true;
+    };
+    let (Some(field), Some(lo), Some(hi)) = (schema.field(tc), file.min_time, file.max_time) else {
+        return true;
+    };
+    let as_value = |t: i64| match field.ty {
+        FieldType::Date => i32::try_from(t).ok().map(Value::Date),
+        _ => Some(Value::Timestamp(t)),
+    };
+    let min = as_value(lo).and_then(|v| scalar_of(field, &v));
+    let max = as_value(hi).and_then(|v| scalar_of(field, &v));
+    prune.may_match(&|c: &str| {
+        (c == tc).then(|| ColumnStats {
+            min: min.clone(),
+            max: max.clone(),
+            null_count: None,
+            rows: file.rows,
+        })
+    })
+}
+
+/// Whether a bloom filter may hold the value at `i` of `values`.
+fn bloom_may_hold(sbbf: &Sbbf, values: &dyn Array, i: usize) -> bool {
+    if values.is_null(i) {
+        return true;
+    }
+    match values.data_type() {
+        DataType::Int32 => sbbf.check(&values.as_primitive::<Int32Type>().value(i)),
+        DataType::Int64 => sbbf.check(&values.as_primitive::<Int64Type>().value(i)),
+        // Stored as INT64 in Parquet.
+        DataType::UInt64 => sbbf.check(&(values.as_primitive::<UInt64Type>().value(i) as i64)),
+        DataType::Date32 => sbbf.check(&values.as_primitive::<Date32Type>().value(i)),
+        DataType::Utf8 => sbbf.check(values.as_string::<i32>().value(i)),
+        DataType::Binary => sbbf.check(values.as_binary::<i32>().value(i)),
+        DataType::Timestamp(unit, _) => sbbf.check(&match unit {
+            TimeUnit::Second => values.as_primitive::<TimestampSecondType>().value(i),
+            TimeUnit::Millisecond => values.as_primitive::<TimestampMillisecondType>().value(i),
+            TimeUnit::Microsecond => values.as_primitive::<TimestampMicrosecondType>().value(i),
+            TimeUnit::Nanosecond => values.as_primitive::<TimestampNanosecondType>().value(i),
+        }),
+        _ => true,
+    }
+}
+
+/// Reads the row groups of one file that may hold rows matching `prune`, keeping `columns`
+/// (those the file has). `bloom_columns` are checked against their bloom filters when `prune`
+/// pins them to values.
+pub fn read_file(
+    bytes: Bytes,
+    path: &str,
+    prune: &Filter,
+    columns: &[String],
+    bloom_columns: &[String],
+    stats: &mut ScanStats,
+) -> Result<Vec<RecordBatch>, PipelineError> {
+    let size = bytes.len() as u64;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| internal(path, e))?;
+    let metadata = builder.metadata().clone();
+    let arrow_schema = builder.schema().clone();
+    let parquet_schema = builder.parquet_schema();
+    let groups = metadata.num_row_groups();
+    stats.files_read += 1;
+    stats.bytes_read += size;
+    stats.row_groups_total += groups;
+
+    let mut keep: Vec<usize> = (0..groups).collect();
+    if !prune.is_true() {
+        let mut filter_cols = Vec::new();
+        prune.columns(&mut filter_cols);
+        // Per filter column: mins, maxes and null counts of every row group.
+        let mut col_stats: Vec<(String, ArrayRef, ArrayRef, Option<Vec<u64>>)> = Vec::new();
+        for c in &filter_cols {
+            let Ok(conv) = StatisticsConverter::try_new(c, &arrow_schema, parquet_schema) else {
+                continue;
+            };
+            let rgs = metadata.row_groups();
+            let (Ok(mins), Ok(maxes)) = (conv.row_group_mins(rgs), conv.row_group_maxes(rgs))
+            else {
+                continue;
+            };
+            let nulls = conv.row_group_null_counts(rgs).ok().map(|a| {
+                (0..a.len())
+                    .map(|i| if a.is_null(i) { u64::MAX } else { a.value(i) })
+                    .collect()
+            });
+            col_stats.push((c.clone(), mins, maxes, nulls));
+        }
+        keep.retain(|&rg| {
+            let rows = metadata.row_group(rg).num_rows() as u64;
+            let ok = prune.may_match(&|c: &str| {
+                let (_, mins, maxes, nulls) = col_stats.iter().find(|s| s.0 == c)?;
+                let one = |a: &ArrayRef| (!a.is_null(rg)).then(|| a.slice(rg, 1));
+                Some(ColumnStats {
+                    min: one(mins),
+                    max: one(maxes),
+                    null_count: nulls
+                        .as_ref()
+                        .and_then(|n| n.get(rg).copied())
+                        .filter(|n| *n != u64::MAX),
+                    rows,
+                })
+            });
+            if !ok {
+                stats.row_groups_pruned_by_statistics += 1;
+            }
+            ok
+        });
+        for c in bloom_columns {
+            let Some(values) = prune.required_values(c) else {
+                continue;
+            };
+            let Some(leaf) = parquet_schema
+                .columns()
+                .iter()
+                .position(|d| d.path().string() == *c)
+            else {
+                continue;
+            };
+            keep.retain(|&rg| {
+                let Ok(Some(sbbf)) = builder.get_row_group_column_bloom_filter(rg, leaf) else {
+                    return true;
+                };
+                let ok = (0..values.len()).any(|i| bloom_may_hold(&sbbf, values.as_ref(), i));
+                if !ok {
+                    stats.row_groups_pruned_by_bloom_filter += 1;
+                }
+                ok
+            });
+        }
+    }
+    if keep.is_empty() {
+        return Ok(Vec::new());
+    }
+    let indices: Vec<usize> = parquet_schema
+        .root_schema()
+        .get_fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| columns.iter().any(|c| c == f.name()))
+        .map(|(i, _)| i)
+        .collect();
+    let mask = ProjectionMask::roots(parquet_schema, indices);
+    let reader = builder
+        .with_projection(mask)
+        .with_row_groups(keep)
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(|e| internal(path, e))?;
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| internal(path, e))?;
+    stats.rows_decoded += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+    Ok(batches)
+}
