@@ -11,15 +11,16 @@ use alluvium_actors::memtable::keys::encode_key_value;
 use alluvium_actors::memtable::table::sort_columns;
 use alluvium_actors::row::{Op, Row};
 use alluvium_actors::schema::TableSchema;
-use alluvium_actors::schema::arrow::{OP_COLUMN, RowRef, SEQ_COLUMN, rows_to_batch};
+use alluvium_actors::schema::arrow::{OP_COLUMN, RowRef, SEQ_COLUMN, arrow_schema, rows_to_batch};
 use alluvium_actors::schema::translate::{BatchLimits, BodyFormat, parse_batch};
-use alluvium_actors::storage::parquet::decode;
 use arrow::array::{Array, RecordBatch, UInt8Array, UInt64Array};
 use arrow::row::{RowConverter, SortField};
 use object_store::path::Path as ObjectPath;
 
+use crate::filter::{CmpOp, Filter};
 use crate::ingest::delete_event;
 use crate::query::{HIDDEN, TableSnapshot, project};
+use crate::scan::{ScanStats, read_file};
 use crate::{Node, PipelineError};
 
 fn internal(e: impl std::fmt::Display) -> PipelineError {
@@ -150,6 +151,23 @@ impl Node {
             }],
         )?;
         let key_hex = hex(&key_bytes);
+        let prune = Filter::And(
+            key_cols
+                .iter()
+                .filter_map(|k| {
+                    probe.column_by_name(k).map(|v| Filter::Cmp {
+                        column: k.clone(),
+                        op: CmpOp::Eq,
+                        value: v.clone(),
+                    })
+                })
+                .collect(),
+        );
+        let all_columns: Vec<String> = arrow_schema(&schema)
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         let mut candidates: Vec<_> = files.iter().filter(|f| f.may_hold_key(&key_hex)).collect();
         candidates.sort_by_key(|f| std::cmp::Reverse(f.max_seq));
         let mut best: Option<(u64, RecordBatch)> = None;
@@ -162,9 +180,13 @@ impl Node {
                 .get(&ObjectPath::from(file.path.as_str()))
                 .await?;
             let path = file.path.clone();
-            let decoded = tokio::task::spawn_blocking(move || decode(bytes, None, &path))
-                .await
-                .map_err(internal)??;
+            let (p, want, bloom) = (prune.clone(), all_columns.clone(), key_cols.clone());
+            // Only row groups whose statistics and bloom filters admit the key are decoded.
+            let decoded = tokio::task::spawn_blocking(move || {
+                read_file(bytes, &path, &p, &want, &bloom, &mut ScanStats::default())
+            })
+            .await
+            .map_err(internal)??;
             for batch in decoded {
                 if let Some((seq, i)) = newest_in(&batch, &key_cols, &probe)?
                     && best.as_ref().is_none_or(|(s, _)| seq > *s)
