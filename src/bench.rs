@@ -12,6 +12,7 @@
 
 mod events;
 mod procfs;
+mod tables;
 mod verify;
 
 use std::hash::{BuildHasher as _, Hasher as _};
@@ -34,6 +35,9 @@ pub enum BenchCommand {
     /// Loads a running server with JSON batches over HTTP, then verifies that every
     /// acknowledged event is stored exactly once.
     Http(HttpArgs),
+    /// Builds an upsert table of many files, then measures point lookups, filtered scans and
+    /// compaction (and optionally ingest while a compaction runs).
+    Tables(tables::TablesArgs),
 }
 
 /// Options of `alluvium bench http`.
@@ -86,6 +90,7 @@ const MAX_CONSECUTIVE_ERRORS: u32 = 20;
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Http(args) => run_http(args),
+        BenchCommand::Tables(args) => tables::run(args),
     }
 }
 

@@ -235,7 +235,8 @@ pub struct CompactionSection {
     /// background compaction off (`POST /v1/tables/{table}/compact` still works). Default: `30s`.
     pub interval: HumanDuration,
     /// How long files replaced by a compaction stay on the store (and older catalog versions
-    /// stay readable with `as_of`); running queries keep what they read past it. Default: `10m`.
+    /// stay readable with `as_of`), at least `1s`; running queries keep what they read past it.
+    /// Default: `10m`.
     pub grace: HumanDuration,
     /// Merges running at once across tables, each on one core. Default: 1.
     pub max_concurrent: usize,

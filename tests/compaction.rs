@@ -174,7 +174,7 @@ fn background_compaction_and_file_gc_and_duckdb_agree() {
         dir.path(),
         &[
             ("ALLUVIUM_COMPACTION__INTERVAL", "100ms"),
-            ("ALLUVIUM_COMPACTION__GRACE", "0s"),
+            ("ALLUVIUM_COMPACTION__GRACE", "1s"),
         ],
     );
     create_table(

@@ -17,9 +17,12 @@ use super::plan::{Job, plan};
 use super::{CompactionConfig, CompactionError};
 use crate::background::spawn_niced;
 use crate::catalog::messages::{Commit, Snapshot};
-use crate::catalog::{Action, CatalogActor, CatalogState, Pins};
+use crate::catalog::{Action, CatalogActor, CatalogError, CatalogState, Pins};
 use crate::ids::TableRef;
 use crate::storage::Storage;
+
+/// Replaced files are kept at least this long whatever the configuration says.
+const MIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Requests are few (a timer and admin triggers).
 const MAILBOX_CAPACITY: usize = 64;
@@ -270,7 +273,18 @@ impl Worker {
         let state = match committed {
             Ok(state) => state,
             Err(e) => {
-                self.remove_outputs(&merged.files).await;
+                // Refused commits wrote nothing: their outputs can go. After any other error
+                // the commit may have landed all the same (a put that succeeded and reported a
+                // failure), so the outputs stay; if the log does not reference them, the GC at
+                // start removes them.
+                if matches!(
+                    e,
+                    CatalogError::Conflict(_)
+                        | CatalogError::TableNotFound(_)
+                        | CatalogError::AlreadyCommitted { .. }
+                ) {
+                    self.remove_outputs(&merged.files).await;
+                }
                 return Err(CompactionError::Catalog(e.to_string()));
             }
         };
@@ -324,7 +338,9 @@ impl Worker {
     /// references, which the GC at start removes.
     async fn collect_garbage(&self) -> Result<PurgeReport, CompactionError> {
         let state = self.snapshot().await?;
-        let grace_ms = i64::try_from(self.config.grace.as_millis()).unwrap_or(i64::MAX);
+        // A reader pins its version just after receiving it; the floor covers that moment.
+        let grace = self.config.grace.max(MIN_GRACE);
+        let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
         let now = now_ms();
         let oldest_pin = self.pins.oldest();
         let mut report = PurgeReport::default();
@@ -349,7 +365,13 @@ impl Worker {
                 .await
                 .map_err(|e| CompactionError::Mailbox(e.to_string()))?
                 .map_err(|e| CompactionError::Catalog(e.to_string()))?;
+            // A reader may have pinned an older version between the check above and the purge:
+            // what it needs stays (unreferenced now, so the GC at start removes it later).
+            let oldest_pin = self.pins.oldest();
             for r in due {
+                if oldest_pin.is_some_and(|v| v < r.removed_in) {
+                    continue;
+                }
                 self.storage
                     .delete(&ObjectPath::from(r.path.as_str()))
                     .await

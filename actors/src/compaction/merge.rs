@@ -30,6 +30,8 @@ use crate::storage::parquet::{FileOptions, FileWriter};
 
 /// Rows read from an input, and written to an output, at a time.
 const BATCH_ROWS: usize = 8192;
+/// Decoded batches held at most before the rows gathered so far are written out.
+const MAX_POOL_BATCHES: usize = 256;
 
 /// What a merge needs to know about the table.
 #[derive(Debug, Clone)]
@@ -139,15 +141,23 @@ pub fn merge(spec: &MergeSpec, inputs: Vec<MergeInput>) -> Result<MergeOutput, C
         .as_deref()
         .and_then(|c| schema.index_of(c));
     let upsert = !schema.primary_key.is_empty();
+    // Rows are ordered by the sort columns (then `_seq`); a table without any is ordered by
+    // `_seq` alone, which then serves as the key the merge compares.
+    let order = if sort.is_empty() {
+        vec![seq_idx]
+    } else {
+        sort.clone()
+    };
     let converter = RowConverter::new(
-        sort.iter()
+        order
+            .iter()
             .map(|&i| SortField::new(target.field(i).data_type().clone()))
             .collect(),
     )
     .map_err(merge_err)?;
     let reader = Reader {
         target: target.clone(),
-        sort: sort.clone(),
+        sort: order,
         converter,
     };
     let max_input_seq = inputs.iter().map(|i| i.file.max_seq).max().unwrap_or(0);
@@ -243,7 +253,9 @@ pub fn merge(spec: &MergeSpec, inputs: Vec<MergeInput>) -> Result<MergeOutput, C
             cur.pos = 0;
         }
 
-        if chunk.len() >= BATCH_ROWS {
+        // Also when few rows survive (many superseded versions or dropped tombstones): the
+        // pool must not keep every batch read.
+        if chunk.len() >= BATCH_ROWS || pool.len() > MAX_POOL_BATCHES {
             write_chunk(
                 spec,
                 &pool,

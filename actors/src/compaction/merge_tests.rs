@@ -266,3 +266,44 @@ proptest! {
         prop_assert_eq!(pairs(resolve(&after, &["k".into()]).unwrap()), want);
     }
 }
+
+#[test]
+fn append_tables_without_sort_columns_merge_in_sequence_order() {
+    let schema: Arc<TableSchema> = Arc::new(
+        serde_json::from_str(
+            r#"{"fields":[{"name":"k","type":"int64"},{"name":"v","type":"string"}]}"#,
+        )
+        .unwrap(),
+    );
+    let m1 = Memtable::new(1, schema.clone(), 1);
+    let m2 = Memtable::new(2, schema.clone(), 1);
+    for seq in 1..=10u64 {
+        let m = if seq % 2 == 0 { &m2 } else { &m1 };
+        let row = Row {
+            op: Op::Upsert,
+            values: vec![Value::Int(seq as i64), Value::Str("x".into())],
+        };
+        m.insert(seq, 0, row);
+    }
+    let inputs: Vec<MergeInput> = [m1, m2]
+        .iter()
+        .flat_map(|m| build_files(&table(), m).unwrap())
+        .map(|(file, bytes)| MergeInput {
+            file: Arc::new(file),
+            bytes,
+        })
+        .collect();
+    let out = merge(&spec(&schema, 1 << 30, vec![]), inputs).unwrap();
+    assert_eq!(out.rows_out, 10);
+    let seqs: Vec<u64> = batches(&out.files)
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name(SEQ_COLUMN)
+                .unwrap()
+                .as_primitive::<UInt64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<u64>>());
+}

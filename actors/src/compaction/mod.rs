@@ -47,7 +47,8 @@ pub struct CompactionConfig {
     /// How often tables are checked for work and replaced files for deletion; zero turns
     /// background compaction off (forced compactions still run).
     pub interval: Duration,
-    /// How long replaced files stay readable (by `as_of` reads and queries already running).
+    /// How long replaced files stay readable (by `as_of` reads and queries already running);
+    /// at least one second.
     pub grace: Duration,
     /// Merges running at once, across tables.
     pub max_concurrent: usize,
