@@ -240,6 +240,42 @@ fn ingest_until(c: &Client, table: &str, stop: &(dyn Fn() -> bool + Sync)) -> an
     Ok(sent.into_inner() as f64 / start.elapsed().as_secs_f64())
 }
 
+fn print_phase(name: &str, p: &Phase) {
+    println!(
+        "{name}: {} files; lookups p50 {:.2} ms, p99 {:.2} ms ({} found)",
+        p.files, p.lookup_ms.p50, p.lookup_ms.p99, p.lookups_found
+    );
+    for s in &p.scans {
+        println!(
+            "  scan {}: {:.1} ms, {} rows out, {} rows decoded from {} files ({:.0} rows/s, {:.1} MB/s)",
+            s.filter, s.ms, s.rows_returned, s.rows_decoded, s.files_read, s.rows_per_s, s.mb_per_s
+        );
+    }
+}
+
+fn print_summary(r: &Report) {
+    println!("table of {} rows built in {:.1} s", r.rows, r.build_s);
+    print_phase("before compaction", &r.before);
+    println!(
+        "compaction: {} -> {} files, {} -> {} bytes in {} ms ({:.1} MB/s of input)",
+        r.compaction["files_in"],
+        r.compaction["files_out"],
+        r.compaction["bytes_in"],
+        r.compaction["bytes_out"],
+        r.compaction["elapsed_ms"],
+        r.compaction_mb_per_s
+    );
+    print_phase("after compaction", &r.after);
+    if let Some(i) = &r.ingest {
+        println!(
+            "ingest: {:.0} events/s alone, {:.0} events/s during a compaction ({:.0} %)",
+            i.alone_events_per_s,
+            i.during_compaction_events_per_s,
+            i.ratio * 100.0
+        );
+    }
+}
+
 /// Runs `alluvium bench tables`.
 pub fn run(args: TablesArgs) -> anyhow::Result<std::process::ExitCode> {
     let c = Client {
@@ -297,7 +333,7 @@ pub fn run(args: TablesArgs) -> anyhow::Result<std::process::ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        print_summary(&report);
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
