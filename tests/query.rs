@@ -350,3 +350,44 @@ fn results_come_as_arrow_ipc_and_parquet() {
     assert_eq!(reader.schema().field(0).name(), "n");
     assert_eq!(reader.count(), 0);
 }
+
+#[test]
+fn the_page_index_skips_pages_inside_a_row_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    create_table(
+        &server,
+        ADMIN_KEY,
+        "wide",
+        &json!({"fields": [
+            {"name": "ts", "type": "timestamp_ms", "nullable": false},
+            {"name": "n", "type": "int64", "nullable": false}
+        ], "time_column": "ts"}),
+    );
+    let batch: Vec<Value> = (0..60_000i64)
+        .map(|i| json!({"ts": T0 + i, "n": i}))
+        .collect();
+    assert_eq!(
+        ingest(&server, ADMIN_KEY, "wide", &Value::Array(batch)).status,
+        200
+    );
+    flush(&server, ADMIN_KEY, "wide");
+    let r = query(
+        &server,
+        "wide",
+        &json!({"filter": {"column": "n", "op": ">=", "value": 59_990}, "columns": ["n"], "explain": true}),
+        None,
+    );
+    let v = r.json();
+    assert_eq!(
+        ns(v["rows"].as_array().unwrap()),
+        (59_990..60_000).collect::<Vec<i64>>()
+    );
+    assert_eq!(v["explain"]["row_groups_total"], 1, "{v}");
+    let skipped = v["explain"]["rows_skipped_by_page_index"].as_u64().unwrap();
+    assert!(skipped >= 20_000, "one row group, most pages skipped: {v}");
+    assert_eq!(
+        v["explain"]["rows_decoded"].as_u64().unwrap(),
+        60_000 - skipped
+    );
+}

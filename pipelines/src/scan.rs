@@ -15,9 +15,12 @@ use arrow::datatypes::{
 };
 use bytes::Bytes;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
+};
 use parquet::bloom_filter::Sbbf;
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
 use serde::Serialize;
 
 use crate::PipelineError;
@@ -43,6 +46,8 @@ pub struct ScanStats {
     pub row_groups_pruned_by_statistics: usize,
     /// Row groups skipped because a bloom filter rules out every wanted value.
     pub row_groups_pruned_by_bloom_filter: usize,
+    /// Rows of opened row groups skipped because the page index rules out their pages.
+    pub rows_skipped_by_page_index: u64,
     /// Rows decoded from files.
     pub rows_decoded: u64,
     /// Rows read from memtables.
@@ -58,6 +63,7 @@ impl ScanStats {
         self.row_groups_pruned_by_statistics += o.row_groups_pruned_by_statistics;
         self.row_groups_pruned_by_bloom_filter += o.row_groups_pruned_by_bloom_filter;
         self.rows_decoded += o.rows_decoded;
+        self.rows_skipped_by_page_index += o.rows_skipped_by_page_index;
     }
 }
 
@@ -109,6 +115,90 @@ pub fn file_may_match(file: &DataFile, prune: &Filter, schema: &TableSchema) -> 
     })
 }
 
+/// Rows of the kept row groups whose pages may match `prune`, judged per filter column by the
+/// page index (a column's condition is checked on its own pages; the selections of all
+/// columns intersect). `None` when the file has no page index or nothing can be skipped.
+fn page_selection(
+    prune: &Filter,
+    metadata: &ParquetMetaData,
+    arrow_schema: &arrow::datatypes::SchemaRef,
+    parquet_schema: &parquet::schema::types::SchemaDescriptor,
+    keep: &[usize],
+    stats: &mut ScanStats,
+) -> Option<RowSelection> {
+    let page_index = metadata.page_index()?;
+    let mut filter_cols = Vec::new();
+    prune.columns(&mut filter_cols);
+    // One mask over the rows of the kept row groups, in order.
+    let counts: Vec<usize> = keep
+        .iter()
+        .map(|&rg| metadata.row_group(rg).num_rows() as usize)
+        .collect();
+    let total: usize = counts.iter().sum();
+    let mut mask = vec![true; total];
+    let mut pruned_any = false;
+    for c in &filter_cols {
+        let Ok(conv) = StatisticsConverter::try_new(c, arrow_schema, parquet_schema) else {
+            continue;
+        };
+        let (Ok(mins), Ok(maxes), Ok(Some(rows))) = (
+            conv.data_page_mins(page_index.as_ref(), keep),
+            conv.data_page_maxes(page_index.as_ref(), keep),
+            conv.data_page_row_counts(page_index.as_ref(), metadata.row_groups(), keep),
+        ) else {
+            continue;
+        };
+        let nulls = conv.data_page_null_counts(page_index.as_ref(), keep).ok();
+        if rows.len() != mins.len() || rows.len() != maxes.len() || rows.null_count() > 0 {
+            continue;
+        }
+        let sum: u64 = rows.values().iter().sum();
+        if sum as usize != total {
+            continue; // pages do not cover the row groups exactly: do not guess
+        }
+        let mut at = 0usize;
+        for p in 0..rows.len() {
+            let n = rows.value(p) as usize;
+            let one = |a: &ArrayRef| (!a.is_null(p)).then(|| a.slice(p, 1));
+            let ok = prune.may_match(&|col: &str| {
+                (col == c).then(|| ColumnStats {
+                    min: one(&mins),
+                    max: one(&maxes),
+                    null_count: nulls
+                        .as_ref()
+                        .and_then(|a| (!a.is_null(p)).then(|| a.value(p))),
+                    rows: n as u64,
+                })
+            });
+            if !ok {
+                mask[at..at + n].iter_mut().for_each(|m| *m = false);
+                pruned_any = true;
+            }
+            at += n;
+        }
+    }
+    if !pruned_any {
+        return None;
+    }
+    let mut selectors = Vec::new();
+    let mut i = 0;
+    while i < total {
+        let v = mask[i];
+        let start = i;
+        while i < total && mask[i] == v {
+            i += 1;
+        }
+        let run = i - start;
+        if v {
+            selectors.push(RowSelector::select(run));
+        } else {
+            stats.rows_skipped_by_page_index += run as u64;
+            selectors.push(RowSelector::skip(run));
+        }
+    }
+    Some(RowSelection::from(selectors))
+}
+
 /// Whether a bloom filter may hold the value at `i` of `values`.
 fn bloom_may_hold(sbbf: &Sbbf, values: &dyn Array, i: usize) -> bool {
     if values.is_null(i) {
@@ -144,7 +234,9 @@ pub fn read_file(
     stats: &mut ScanStats,
 ) -> Result<Vec<RecordBatch>, PipelineError> {
     let size = bytes.len() as u64;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| internal(path, e))?;
+    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(bytes, options)
+        .map_err(|e| internal(path, e))?;
     let metadata = builder.metadata().clone();
     let arrow_schema = builder.schema().clone();
     let parquet_schema = builder.parquet_schema();
@@ -221,6 +313,18 @@ pub fn read_file(
     if keep.is_empty() {
         return Ok(Vec::new());
     }
+    let selection = if prune.is_true() {
+        None
+    } else {
+        page_selection(
+            prune,
+            &metadata,
+            &arrow_schema,
+            parquet_schema,
+            &keep,
+            stats,
+        )
+    };
     let indices: Vec<usize> = parquet_schema
         .root_schema()
         .get_fields()
@@ -230,12 +334,14 @@ pub fn read_file(
         .map(|(i, _)| i)
         .collect();
     let mask = ProjectionMask::roots(parquet_schema, indices);
-    let reader = builder
+    let mut builder = builder
         .with_projection(mask)
         .with_row_groups(keep)
-        .with_batch_size(BATCH_ROWS)
-        .build()
-        .map_err(|e| internal(path, e))?;
+        .with_batch_size(BATCH_ROWS);
+    if let Some(selection) = selection {
+        builder = builder.with_row_selection(selection);
+    }
+    let reader = builder.build().map_err(|e| internal(path, e))?;
     let batches = reader
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| internal(path, e))?;

@@ -24,6 +24,9 @@ use crate::storage::Storage;
 /// Replaced files are kept at least this long whatever the configuration says.
 const MIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Most planning rounds in one compaction of a table.
+const MAX_ROUNDS: usize = 8;
+
 /// Requests are few (a timer and admin triggers).
 const MAILBOX_CAPACITY: usize = 64;
 
@@ -174,15 +177,27 @@ impl Worker {
     ) -> Result<CompactionReport, CompactionError> {
         let _claim = self.claim(table)?;
         let started = Instant::now();
-        let state = self.snapshot().await?;
-        let entry = state
-            .table(table)
-            .ok_or_else(|| CompactionError::TableNotFound(table.to_string()))?;
-        let jobs = plan(&entry.files, &self.config, force);
         let mut report = CompactionReport::default();
-        for job in jobs {
-            let span = tracing::info_span!("compaction", table = %table, partition = %job.partition, files = job.inputs.len());
-            self.run(table, job, &mut report).instrument(span).await?;
+        // Merges are bounded in files and bytes, so one round may leave several outputs that
+        // are still small: plan again while rounds keep reducing the file count.
+        let mut files_before = usize::MAX;
+        for _ in 0..MAX_ROUNDS {
+            let state = self.snapshot().await?;
+            let entry = state
+                .table(table)
+                .ok_or_else(|| CompactionError::TableNotFound(table.to_string()))?;
+            if entry.files.len() >= files_before {
+                break;
+            }
+            files_before = entry.files.len();
+            let jobs = plan(&entry.files, &self.config, force);
+            if jobs.is_empty() {
+                break;
+            }
+            for job in jobs {
+                let span = tracing::info_span!("compaction", table = %table, partition = %job.partition, files = job.inputs.len());
+                self.run(table, job, &mut report).instrument(span).await?;
+            }
         }
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         Ok(report)
