@@ -111,10 +111,9 @@ fn invalid(msg: impl Into<String>) -> PipelineError {
     PipelineError::InvalidFilter(msg.into())
 }
 
-/// Types JSON values as the column `field`: one array of them, with the error the events path
-/// would give for a value that does not fit.
-fn typed(field: &Field, values: Vec<J>) -> Result<ArrayRef, PipelineError> {
-    let schema = TableSchema {
+/// A table of one nullable column like `field`: how single values are typed and built.
+fn single_field(field: &Field) -> TableSchema {
+    TableSchema {
         fields: vec![Field {
             nullable: true,
             ..field.clone()
@@ -124,7 +123,13 @@ fn typed(field: &Field, values: Vec<J>) -> Result<ArrayRef, PipelineError> {
         partition_by: Default::default(),
         indexes: Vec::new(),
         evolution: Default::default(),
-    };
+    }
+}
+
+/// Types JSON values as the column `field`: one array of them, with the error the events path
+/// would give for a value that does not fit.
+fn typed(field: &Field, values: Vec<J>) -> Result<ArrayRef, PipelineError> {
+    let schema = single_field(field);
     let events: Vec<J> = values
         .into_iter()
         .map(|v| {
@@ -210,7 +215,9 @@ impl Filter {
                 };
                 if let Some(op) = cmp {
                     let value = value.ok_or_else(|| {
-                        invalid(format!("condition on {column:?} needs a \"value\""))
+                        invalid(format!(
+                            "condition on {column:?} needs a \"value\" that is not null (use \"op\": \"is_null\" for nulls)"
+                        ))
                     })?;
                     let value = typed(field, vec![value])?;
                     return Ok(Filter::Cmp { column, op, value });
@@ -458,17 +465,7 @@ fn scalar_cmp(a: &ArrayRef, op: CmpOp, b: &ArrayRef) -> bool {
 
 /// A one-element array of `v` as column `field` holds it (statistics kept outside Parquet).
 pub fn scalar_of(field: &Field, v: &Value) -> Option<ArrayRef> {
-    let schema = TableSchema {
-        fields: vec![Field {
-            nullable: true,
-            ..field.clone()
-        }],
-        primary_key: Vec::new(),
-        time_column: None,
-        partition_by: Default::default(),
-        indexes: Vec::new(),
-        evolution: Default::default(),
-    };
+    let schema = single_field(field);
     let row = alluvium_actors::row::Row {
         op: alluvium_actors::row::Op::Upsert,
         values: vec![v.clone()],
