@@ -244,14 +244,10 @@ impl Node {
                 "\"descending\" needs \"order_by\"".into(),
             ));
         }
+        let full = arrow_schema(&schema);
+        let indices: Vec<usize> = cols.iter().filter_map(|c| full.index_of(c).ok()).collect();
         let out_schema = Arc::new(
-            arrow_schema(&schema)
-                .project(
-                    &cols
-                        .iter()
-                        .filter_map(|c| arrow_schema(&schema).index_of(c).ok())
-                        .collect::<Vec<_>>(),
-                )
+            full.project(&indices)
                 .map_err(|e| PipelineError::Unavailable(e.to_string()))?,
         );
         let limit = req.limit.unwrap_or(usize::MAX);
