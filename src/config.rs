@@ -269,6 +269,10 @@ pub struct IngestSection {
     /// write-ahead log's fdatasync) or `received` (before the disk; a crash can lose it; the
     /// answer says `"durability":"received"`). Default: `wal`.
     pub durability: alluvium_actors::wal::messages::Durability,
+    /// Whether a batch sent to a table that does not exist creates it, with a schema inferred
+    /// from the batch and evolution mode `infer` (otherwise it is refused with 404). Default:
+    /// false.
+    pub infer_new_tables: bool,
 }
 
 impl Default for IngestSection {
@@ -277,6 +281,7 @@ impl Default for IngestSection {
             max_batch_rows: 1_000_000,
             max_depth: 32,
             durability: Default::default(),
+            infer_new_tables: false,
         }
     }
 }

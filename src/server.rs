@@ -42,6 +42,7 @@ pub fn node_config(config: &Config) -> NodeConfig {
             max_rows: config.ingest.max_batch_rows,
             max_depth: config.ingest.max_depth,
         },
+        infer_new_tables: config.ingest.infer_new_tables,
         jwt: config.auth.jwt.clone(),
         bootstrap_key: std::env::var("ALLUVIUM_BOOTSTRAP_KEY")
             .ok()

@@ -11,7 +11,9 @@ use alluvium_actors::memtable::keys::encode_key_value;
 use alluvium_actors::memtable::table::sort_columns;
 use alluvium_actors::row::{Op, Row};
 use alluvium_actors::schema::TableSchema;
-use alluvium_actors::schema::arrow::{OP_COLUMN, RowRef, SEQ_COLUMN, arrow_schema, rows_to_batch};
+use alluvium_actors::schema::arrow::{
+    OP_COLUMN, RowRef, SEQ_COLUMN, arrow_schema, conform, rows_to_batch,
+};
 use alluvium_actors::schema::translate::{BatchLimits, BodyFormat, parse_batch};
 use arrow::array::{Array, RecordBatch, UInt8Array, UInt64Array};
 use arrow::row::{RowConverter, SortField};
@@ -108,6 +110,7 @@ impl Node {
             cols.extend(HIDDEN.iter().map(|s| s.to_string()));
         }
         let not_found = || PipelineError::RowNotFound(key.chars().take(200).collect());
+        let full = arrow_schema(&schema);
 
         let TableSnapshot {
             mem,
@@ -124,15 +127,16 @@ impl Node {
         let in_memory = mem
             .memtables
             .iter()
-            .filter_map(|m| m.newest(&key_bytes, committed, mem.upto))
-            .max_by_key(|e| e.key().seq)
-            .map(|e| {
+            .filter_map(|m| m.newest(&key_bytes, committed, mem.upto).map(|e| (m, e)))
+            .max_by_key(|(_, e)| e.key().seq)
+            .map(|(m, e)| {
                 let row = RowRef {
                     seq: e.key().seq,
                     ingested_at_us: e.value().ingested_at_us,
                     row: &e.value().row,
                 };
-                rows_to_batch(&schema, &[row])
+                // The memtable may hold an older schema version: read it in the current shape.
+                rows_to_batch(m.schema(), &[row]).and_then(|b| conform(&b, &full))
             });
         if let Some(batch) = in_memory {
             let batch = batch?;
@@ -163,11 +167,7 @@ impl Node {
                 })
                 .collect(),
         );
-        let all_columns: Vec<String> = arrow_schema(&schema)
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
+        let all_columns: Vec<String> = full.fields().iter().map(|f| f.name().clone()).collect();
         let mut candidates: Vec<_> = files.iter().filter(|f| f.may_hold_key(&key_hex)).collect();
         candidates.sort_by_key(|f| std::cmp::Reverse(f.max_seq));
         let mut best: Option<(u64, RecordBatch)> = None;
@@ -181,9 +181,19 @@ impl Node {
                 .await?;
             let path = file.path.clone();
             let (p, want, bloom) = (prune.clone(), all_columns.clone(), key_cols.clone());
+            let target = full.clone();
             // Only row groups whose statistics and bloom filters admit the key are decoded.
             let decoded = tokio::task::spawn_blocking(move || {
-                read_file(bytes, &path, &p, &want, &bloom, &mut ScanStats::default())
+                read_file(
+                    bytes,
+                    &path,
+                    &p,
+                    &want,
+                    &target,
+                    &bloom,
+                    None,
+                    &mut ScanStats::default(),
+                )
             })
             .await
             .map_err(internal)??;

@@ -45,6 +45,8 @@ pub struct NodeConfig {
     pub compaction: CompactionConfig,
     /// Limits on one batch.
     pub batch_limits: BatchLimits,
+    /// Whether batches to unknown tables create them with an inferred schema.
+    pub infer_new_tables: bool,
     /// JWT verification.
     pub jwt: JwtConfig,
     /// The bootstrap admin key to install on first start (`ALLUVIUM_BOOTSTRAP_KEY`).
@@ -135,7 +137,8 @@ impl Node {
             WalActor::new(wal, next_seq, wal_memtable, wal_catalog, stats)
         });
 
-        let schema_actor = SchemaActor::new(&state, catalog.clone(), config.batch_limits);
+        let schema_actor = SchemaActor::new(&state, catalog.clone(), config.batch_limits)
+            .infer_new_tables(config.infer_new_tables);
         let schema = Supervisor::start(move |_| schema_actor);
 
         let mut keys = KeyStore::open(config.data_dir.join("keys.json"))?;
@@ -245,10 +248,20 @@ fn recover(
             skipped += done as u64;
             record.first_seq = committed + 1;
         }
+        let Some(schema) = entry.schema_at(record.schema_version) else {
+            return Err(WalError::Corrupt {
+                path: dir.clone(),
+                offset: 0,
+                reason: format!(
+                    "the log holds events of table {} with schema version {}, which the catalog does not have (it is at version {})",
+                    record.table, record.schema_version, entry.schema_version
+                ),
+            });
+        };
         replayed += record.rows.len() as u64;
         memtables.insert(
             &record.table,
-            &entry.schema,
+            schema,
             record.schema_version,
             record.first_seq,
             record.ingested_at_us,

@@ -17,7 +17,7 @@ use alluvium_actors::ids::{Seq, TableRef};
 use alluvium_actors::memtable::messages::{MemSnapshot, Read};
 use alluvium_actors::schema::TableSchema;
 use alluvium_actors::schema::arrow::{
-    INGESTED_AT_COLUMN, OP_COLUMN, RowRef, SEQ_COLUMN, arrow_schema, rows_to_batch,
+    INGESTED_AT_COLUMN, OP_COLUMN, RowRef, SEQ_COLUMN, arrow_schema, conform, rows_to_batch,
 };
 use alluvium_actors::storage::mvcc::resolve;
 use arrow::array::RecordBatch;
@@ -25,6 +25,7 @@ use arrow::compute::{
     SortColumn, SortOptions, concat_batches, filter_record_batch, lexsort_to_indices,
     take_record_batch,
 };
+use arrow::datatypes::SchemaRef;
 use object_store::path::Path as ObjectPath;
 use serde::Deserialize;
 
@@ -322,9 +323,20 @@ impl Node {
             let path = file.path.clone();
             let want = fetch.clone();
             let (p, f, bloom) = (prune.clone(), early_filter.clone(), key.clone());
+            let target = full.clone();
+            let groups: Option<Vec<usize>> = None;
             let mut file_stats = ScanStats::default();
             let (decoded, file_stats) = tokio::task::spawn_blocking(move || {
-                let batches = read_file(bytes, &path, &p, &want, &bloom, &mut file_stats)?;
+                let batches = read_file(
+                    bytes,
+                    &path,
+                    &p,
+                    &want,
+                    &target,
+                    &bloom,
+                    groups.as_deref(),
+                    &mut file_stats,
+                )?;
                 let mut out = Vec::with_capacity(batches.len());
                 for b in batches {
                     let b = project(&b, &want)?;
@@ -344,48 +356,31 @@ impl Node {
         }
 
         if rows < collect_limit {
-            let schema2: Arc<TableSchema> = schema.clone();
             let cols2 = fetch.clone();
             let want = collect_limit - rows;
             let f = early_filter.clone();
-            let (batch, mem_rows) = tokio::task::spawn_blocking(
-                move || -> Result<(Option<RecordBatch>, u64), PipelineError> {
-                    // Skiplist entries keep their rows alive: borrow them instead of copying.
-                    let mut entries = Vec::new();
-                    for m in &mem.memtables {
-                        for e in m.iter() {
-                            let seq = e.key().seq;
-                            if seq > committed && seq <= mem.upto {
-                                entries.push(e);
-                            }
-                        }
+            let target = full.clone();
+            let (mem_batches, mem_rows) = tokio::task::spawn_blocking(
+                move || -> Result<(Vec<RecordBatch>, u64), PipelineError> {
+                    let (read, rows) = memtable_batches(&mem, committed, &target)?;
+                    let mut out = Vec::new();
+                    let mut n = 0;
+                    for b in read {
+                        let b = project(&b, &cols2)?;
+                        let b = match &f {
+                            Some(f) => apply(f, &b)?,
+                            None => b,
+                        };
+                        n = push_limited(&mut out, b, n, want);
                     }
-                    let read = entries.len() as u64;
-                    if entries.is_empty() {
-                        return Ok((None, 0));
-                    }
-                    let row_refs: Vec<RowRef<'_>> = entries
-                        .iter()
-                        .map(|e| RowRef {
-                            seq: e.key().seq,
-                            ingested_at_us: e.value().ingested_at_us,
-                            row: &e.value().row,
-                        })
-                        .collect();
-                    let batch = project(&rows_to_batch(&schema2, &row_refs)?, &cols2)?;
-                    let batch = match &f {
-                        Some(f) => apply(f, &batch)?,
-                        None => batch,
-                    };
-                    let take = batch.num_rows().min(want);
-                    Ok((Some(batch.slice(0, take)), read))
+                    Ok((out, rows))
                 },
             )
             .await
             .map_err(|e| PipelineError::Unavailable(format!("memtable read task failed: {e}")))??;
             stats.memtable_rows = mem_rows;
-            if let Some(b) = batch {
-                push_limited(&mut batches, b, rows, collect_limit);
+            for b in mem_batches {
+                rows = push_limited(&mut batches, b, rows, collect_limit);
             }
         }
         let descending = req.descending;
@@ -428,6 +423,44 @@ impl Node {
             stats,
         })
     }
+}
+
+/// The rows of a memtable snapshot with sequences in `(committed, mem.upto]`, one batch per
+/// memtable, in the shape of `target` (the table's current Arrow schema): rows of memtables
+/// holding an older schema version are widened and get nulls for fields added since. Also
+/// returns how many rows were read.
+pub(crate) fn memtable_batches(
+    mem: &MemSnapshot,
+    committed: Seq,
+    target: &SchemaRef,
+) -> Result<(Vec<RecordBatch>, u64), PipelineError> {
+    let mut out = Vec::new();
+    let mut read = 0u64;
+    for m in &mem.memtables {
+        // Skiplist entries keep their rows alive: borrow them instead of copying.
+        let entries: Vec<_> = m
+            .iter()
+            .filter(|e| {
+                let seq = e.key().seq;
+                seq > committed && seq <= mem.upto
+            })
+            .collect();
+        if entries.is_empty() {
+            continue;
+        }
+        read += entries.len() as u64;
+        let rows: Vec<RowRef<'_>> = entries
+            .iter()
+            .map(|e| RowRef {
+                seq: e.key().seq,
+                ingested_at_us: e.value().ingested_at_us,
+                row: &e.value().row,
+            })
+            .collect();
+        let batch = rows_to_batch(m.schema(), &rows)?;
+        out.push(conform(&batch, target)?);
+    }
+    Ok((out, read))
 }
 
 /// The request's filter and time range as one filter, typed by the schema.

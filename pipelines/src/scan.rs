@@ -6,11 +6,13 @@ use alluvium_actors::catalog::DataFile;
 use alluvium_actors::flush::hex;
 use alluvium_actors::memtable::keys::encode_key_value;
 use alluvium_actors::row::Value;
-use alluvium_actors::schema::arrow::key_value_at;
+use alluvium_actors::schema::arrow::{conform, key_value_at};
 use alluvium_actors::schema::{FieldType, TableSchema};
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use std::sync::Arc;
+
 use arrow::datatypes::{
-    DataType, Date32Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType,
+    DataType, Date32Type, Int32Type, Int64Type, SchemaRef, TimeUnit, TimestampMicrosecondType,
     TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt64Type,
 };
 use bytes::Bytes;
@@ -44,6 +46,10 @@ pub struct ScanStats {
     pub row_groups_total: usize,
     /// Row groups skipped by their column statistics.
     pub row_groups_pruned_by_statistics: usize,
+    /// Files skipped because their secondary index holds none of the wanted values.
+    pub files_pruned_by_index: usize,
+    /// Row groups skipped because the file's secondary index rules them out.
+    pub row_groups_pruned_by_index: usize,
     /// Row groups skipped because a bloom filter rules out every wanted value.
     pub row_groups_pruned_by_bloom_filter: usize,
     /// Rows of opened row groups skipped because the page index rules out their pages.
@@ -62,6 +68,8 @@ impl ScanStats {
         self.row_groups_total += o.row_groups_total;
         self.row_groups_pruned_by_statistics += o.row_groups_pruned_by_statistics;
         self.row_groups_pruned_by_bloom_filter += o.row_groups_pruned_by_bloom_filter;
+        self.row_groups_pruned_by_index += o.row_groups_pruned_by_index;
+        self.files_pruned_by_index += o.files_pruned_by_index;
         self.rows_decoded += o.rows_decoded;
         self.rows_skipped_by_page_index += o.rows_skipped_by_page_index;
     }
@@ -120,6 +128,7 @@ pub fn file_may_match(file: &DataFile, prune: &Filter, schema: &TableSchema) -> 
 /// columns intersect). `None` when the file has no page index or nothing can be skipped.
 fn page_selection(
     prune: &Filter,
+    target: &SchemaRef,
     metadata: &ParquetMetaData,
     arrow_schema: &arrow::datatypes::SchemaRef,
     parquet_schema: &parquet::schema::types::SchemaDescriptor,
@@ -146,6 +155,11 @@ fn page_selection(
             conv.data_page_maxes(page_index.as_ref(), keep),
             conv.data_page_row_counts(page_index.as_ref(), metadata.row_groups(), keep),
         ) else {
+            continue;
+        };
+        let (Some(mins), Some(maxes)) =
+            (widen_stats(mins, c, target), widen_stats(maxes, c, target))
+        else {
             continue;
         };
         let nulls = conv.data_page_null_counts(page_index.as_ref(), keep).ok();
@@ -222,15 +236,42 @@ fn bloom_may_hold(sbbf: &Sbbf, values: &dyn Array, i: usize) -> bool {
     }
 }
 
-/// Reads the row groups of one file that may hold rows matching `prune`, keeping `columns`
-/// (those the file has). `bloom_columns` are checked against their bloom filters when `prune`
-/// pins them to values.
+/// Statistics of a file written under an older schema version, as values of the column's
+/// current type (a widened column's statistics are widened too; nothing narrows).
+fn widen_stats(a: ArrayRef, column: &str, target: &SchemaRef) -> Option<ArrayRef> {
+    let want = target.field_with_name(column).ok()?.data_type();
+    if a.data_type() == want {
+        return Some(a);
+    }
+    arrow::compute::cast(&a, want).ok()
+}
+
+/// The part of `target` (a table's current Arrow schema) naming `columns`, in `target`'s order.
+pub fn projected(target: &SchemaRef, columns: &[String]) -> SchemaRef {
+    let fields: Vec<_> = target
+        .fields()
+        .iter()
+        .filter(|f| columns.iter().any(|c| c == f.name()))
+        .cloned()
+        .collect();
+    Arc::new(arrow::datatypes::Schema::new(fields))
+}
+
+/// Reads the row groups of one file that may hold rows matching `prune`, keeping `columns`.
+/// Rows come out in `target`'s shape (the table's current Arrow schema, restricted to
+/// `columns`): a file written under an older schema version gets nulls for fields added since
+/// and widened values. `bloom_columns` are checked against their bloom filters when `prune`
+/// pins them to values; `row_groups`, when given, are the only ones that may match (a
+/// secondary index said so).
+#[allow(clippy::too_many_arguments)]
 pub fn read_file(
     bytes: Bytes,
     path: &str,
     prune: &Filter,
     columns: &[String],
+    target: &SchemaRef,
     bloom_columns: &[String],
+    row_groups: Option<&[usize]>,
     stats: &mut ScanStats,
 ) -> Result<Vec<RecordBatch>, PipelineError> {
     let size = bytes.len() as u64;
@@ -245,7 +286,14 @@ pub fn read_file(
     stats.bytes_read += size;
     stats.row_groups_total += groups;
 
-    let mut keep: Vec<usize> = (0..groups).collect();
+    let mut keep: Vec<usize> = match row_groups {
+        Some(allowed) => {
+            let keep: Vec<usize> = allowed.iter().copied().filter(|&g| g < groups).collect();
+            stats.row_groups_pruned_by_index += groups - keep.len();
+            keep
+        }
+        None => (0..groups).collect(),
+    };
     if !prune.is_true() {
         let mut filter_cols = Vec::new();
         prune.columns(&mut filter_cols);
@@ -257,6 +305,11 @@ pub fn read_file(
             };
             let rgs = metadata.row_groups();
             let (Ok(mins), Ok(maxes)) = (conv.row_group_mins(rgs), conv.row_group_maxes(rgs))
+            else {
+                continue;
+            };
+            let (Some(mins), Some(maxes)) =
+                (widen_stats(mins, c, target), widen_stats(maxes, c, target))
             else {
                 continue;
             };
@@ -318,6 +371,7 @@ pub fn read_file(
     } else {
         page_selection(
             prune,
+            target,
             &metadata,
             &arrow_schema,
             parquet_schema,
@@ -342,9 +396,13 @@ pub fn read_file(
         builder = builder.with_row_selection(selection);
     }
     let reader = builder.build().map_err(|e| internal(path, e))?;
+    let shape = projected(target, columns);
     let batches = reader
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| internal(path, e))?;
+        .map(|b| {
+            let b = b.map_err(|e| internal(path, e))?;
+            conform(&b, &shape).map_err(|e| internal(path, e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     stats.rows_decoded += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
     Ok(batches)
 }

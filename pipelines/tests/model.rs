@@ -65,6 +65,7 @@ fn config(dir: &Path) -> NodeConfig {
             ..CompactionConfig::default()
         },
         batch_limits: BatchLimits::default(),
+        infer_new_tables: false,
         jwt: JwtConfig::default(),
         bootstrap_key: Some(KEY.into()),
     }

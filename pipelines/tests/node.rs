@@ -30,6 +30,7 @@ fn config(dir: &Path, budget: usize) -> NodeConfig {
         memory_budget: budget,
         compaction: Default::default(),
         batch_limits: BatchLimits::default(),
+        infer_new_tables: false,
         jwt: JwtConfig::default(),
         bootstrap_key: Some(KEY.into()),
     }

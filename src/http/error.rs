@@ -84,7 +84,9 @@ impl ApiError {
                 P::Schema(e) => {
                     let status = match e {
                         SchemaError::UnknownTable { .. } => StatusCode::NOT_FOUND,
-                        SchemaError::TableExists { .. } => StatusCode::CONFLICT,
+                        SchemaError::TableExists { .. } | SchemaError::SchemaChange { .. } => {
+                            StatusCode::CONFLICT
+                        }
                         SchemaError::TooManyRows { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                         SchemaError::Catalog(_) => StatusCode::SERVICE_UNAVAILABLE,
                         e if e.is_client_error() => StatusCode::BAD_REQUEST,

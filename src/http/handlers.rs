@@ -308,7 +308,18 @@ pub async fn create_table(
     } else {
         StatusCode::OK
     };
-    Ok(HttpResponse::build(status).json(table_view(&created.info)))
+    #[derive(Serialize)]
+    struct Answer<'a> {
+        #[serde(flatten)]
+        table: TableView<'a>,
+        /// What a new schema version changed, in words.
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        changes: &'a [String],
+    }
+    Ok(HttpResponse::build(status).json(Answer {
+        table: table_view(&created.info),
+        changes: &created.changes,
+    }))
 }
 
 pub async fn get_table(

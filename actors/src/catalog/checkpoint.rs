@@ -39,6 +39,9 @@ struct CheckpointTable {
     table: TableRef,
     schema_version: u32,
     schema: TableSchema,
+    /// Definitions of the versions before `schema_version`, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    earlier_schemas: Vec<TableSchema>,
     files: Vec<DataFile>,
     committed_seq: Seq,
     created_in: u64,
@@ -63,6 +66,10 @@ fn encode(state: &CatalogState) -> Result<Vec<u8>, CatalogError> {
                 table: t.clone(),
                 schema_version: e.schema_version,
                 schema: (*e.schema).clone(),
+                earlier_schemas: e.schemas[..e.schemas.len().saturating_sub(1)]
+                    .iter()
+                    .map(|s| (**s).clone())
+                    .collect(),
                 files: e.files.iter().map(|f| (**f).clone()).collect(),
                 committed_seq: e.committed_seq,
                 created_in: e.created_in,
@@ -78,9 +85,22 @@ fn decode(bytes: &[u8]) -> Result<CatalogState, String> {
     let cp: Checkpoint = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     let mut tables = BTreeMap::new();
     for t in cp.tables {
+        if t.earlier_schemas.len() + 1 != t.schema_version as usize {
+            return Err(format!(
+                "table {} is at schema version {} but lists {} earlier versions",
+                t.table,
+                t.schema_version,
+                t.earlier_schemas.len()
+            ));
+        }
+        let schema = Arc::new(t.schema);
+        let mut schemas: Vec<Arc<TableSchema>> =
+            t.earlier_schemas.into_iter().map(Arc::new).collect();
+        schemas.push(schema.clone());
         let entry = TableEntry {
             schema_version: t.schema_version,
-            schema: Arc::new(t.schema),
+            schema,
+            schemas,
             files: t.files.into_iter().map(Arc::new).collect(),
             committed_seq: t.committed_seq,
             created_in: t.created_in,
@@ -173,18 +193,25 @@ mod tests {
         let storage = Storage::local(dir.path()).unwrap();
         let schema: TableSchema =
             serde_json::from_str(r#"{"fields":[{"name":"a","type":"int64"}]}"#).unwrap();
+        let v2: TableSchema = serde_json::from_str(
+            r#"{"fields":[{"name":"a","type":"int64"},{"name":"b","type":"bool"}]}"#,
+        )
+        .unwrap();
         let mut state = Arc::new(CatalogState::default());
         for i in 0..5 {
-            let (next, res) = commit(
-                &storage,
-                state,
-                "create_table",
-                &[Action::CreateTable {
-                    table: t(&format!("t{i}")),
-                    schema: schema.clone(),
-                }],
-            )
-            .await;
+            let mut actions = vec![Action::CreateTable {
+                table: t(&format!("t{i}")),
+                schema: schema.clone(),
+            }];
+            if i == 2 {
+                // Earlier schema versions survive the checkpoint.
+                actions.push(Action::EvolveSchema {
+                    table: t("t0"),
+                    version: 2,
+                    schema: v2.clone(),
+                });
+            }
+            let (next, res) = commit(&storage, state, "create_table", &actions).await;
             res.unwrap();
             state = next;
             if state.version == 3 {
@@ -195,6 +222,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(load(&storage).await.unwrap(), full);
+        assert_eq!(full.table(&t("t0")).unwrap().schemas.len(), 2);
 
         // With the checkpoint, commits up to 3 are not read: remove them to prove it.
         for v in 1..=3 {

@@ -108,6 +108,16 @@ pub enum Action {
         /// period of the replaced files).
         at_ms: i64,
     },
+    /// A new version of a table's schema (the next number), an allowed evolution of the
+    /// current one (see [`crate::schema::evolve`]).
+    EvolveSchema {
+        /// The table.
+        table: TableRef,
+        /// The new version: the current one plus one.
+        version: u32,
+        /// The new definition.
+        schema: TableSchema,
+    },
     /// Replaced files were deleted from the store: versions that listed them are no longer
     /// readable.
     PurgeFiles {
@@ -125,6 +135,9 @@ pub struct TableEntry {
     pub schema_version: u32,
     /// Current definition.
     pub schema: Arc<TableSchema>,
+    /// Every version's definition: `schemas[v - 1]` is version `v` (the last is `schema`).
+    /// Rows in the WAL, memtables and files name the version they were written with.
+    pub schemas: Vec<Arc<TableSchema>>,
     /// Live data files in commit order.
     pub files: Vec<Arc<DataFile>>,
     /// Highest sequence whose events are all in `files`.
@@ -136,6 +149,14 @@ pub struct TableEntry {
     /// The oldest catalog version at which the table can still be read: older versions list
     /// files that were deleted.
     pub readable_from: u64,
+}
+
+impl TableEntry {
+    /// The definition of schema version `version`, if the table has it.
+    pub fn schema_at(&self, version: u32) -> Option<&Arc<TableSchema>> {
+        let i = usize::try_from(version).ok()?.checked_sub(1)?;
+        self.schemas.get(i)
+    }
 }
 
 /// The catalog at one version.
@@ -172,11 +193,13 @@ impl CatalogState {
                     if next.tables.contains_key(table) {
                         return Err(CatalogError::TableExists(table.to_string()));
                     }
+                    let schema = Arc::new(schema.clone());
                     next.tables.insert(
                         table.clone(),
                         Arc::new(TableEntry {
                             schema_version: 1,
-                            schema: Arc::new(schema.clone()),
+                            schema: schema.clone(),
+                            schemas: vec![schema],
                             files: Vec::new(),
                             committed_seq: 0,
                             created_in: version,
@@ -216,6 +239,26 @@ impl CatalogState {
                     let entry = Self::entry_mut(&mut next, table)?;
                     replace_files(entry, version, remove, add, *at_ms)
                         .map_err(CatalogError::Conflict)?;
+                }
+                Action::EvolveSchema {
+                    table,
+                    version: v,
+                    schema,
+                } => {
+                    let entry = Self::entry_mut(&mut next, table)?;
+                    if *v != entry.schema_version + 1 {
+                        return Err(CatalogError::Conflict(format!(
+                            "schema version {v} of {table} does not follow the current version {}",
+                            entry.schema_version
+                        )));
+                    }
+                    crate::schema::evolve::check_change(&entry.schema, schema).map_err(|e| {
+                        CatalogError::Conflict(format!("schema version {v} of {table}: {e}"))
+                    })?;
+                    let schema = Arc::new(schema.clone());
+                    entry.schema_version = *v;
+                    entry.schema = schema.clone();
+                    entry.schemas.push(schema);
                 }
                 Action::PurgeFiles { table, paths } => {
                     let entry = Self::entry_mut(&mut next, table)?;
@@ -370,6 +413,42 @@ mod tests {
             s2.apply(3, &[Action::CommittedSeq { table: t(), seq: 9 }])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn schema_versions_follow_each_other() {
+        let s1 = CatalogState::default()
+            .apply(
+                1,
+                &[Action::CreateTable {
+                    table: t(),
+                    schema: schema(),
+                }],
+            )
+            .unwrap();
+        let v2: TableSchema = serde_json::from_str(
+            r#"{"fields":[{"name":"a","type":"int64"},{"name":"b","type":"string"}]}"#,
+        )
+        .unwrap();
+        let evolve = |version, schema: &TableSchema| Action::EvolveSchema {
+            table: t(),
+            version,
+            schema: schema.clone(),
+        };
+        assert!(s1.apply(2, &[evolve(3, &v2)]).is_err(), "skips a version");
+        let narrowed: TableSchema =
+            serde_json::from_str(r#"{"fields":[{"name":"a","type":"int32"}]}"#).unwrap();
+        assert!(matches!(
+            s1.apply(2, &[evolve(2, &narrowed)]),
+            Err(CatalogError::Conflict(_))
+        ));
+        let s2 = s1.apply(2, &[evolve(2, &v2)]).unwrap();
+        let e = s2.table(&t()).unwrap();
+        assert_eq!(e.schema_version, 2);
+        assert_eq!(*e.schema, v2);
+        assert_eq!(**e.schema_at(1).unwrap(), schema());
+        assert_eq!(**e.schema_at(2).unwrap(), v2);
+        assert!(e.schema_at(0).is_none() && e.schema_at(3).is_none());
     }
 
     fn file(path: &str, min_seq: Seq, max_seq: Seq) -> DataFile {

@@ -5,13 +5,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use actix::{
-    Actor, ActorFutureExt, Addr, AtomicResponse, Context, Handler, ResponseFuture, Supervised,
-    WrapFuture,
+    Actor, ActorFutureExt, Addr, AsyncContext, AtomicResponse, Context, Handler, ResponseActFuture,
+    ResponseFuture, Supervised, WrapFuture,
 };
 
 use super::error::SchemaError;
-use super::messages::{CreateTable, Created, GetTable, ListTables, TableInfo, Validate, Validated};
+use super::evolve;
+use super::messages::{
+    CreateTable, Created, Evolve, Evolved, GetTable, ListTables, TableInfo, Validate, Validated,
+};
 use super::translate::{BatchLimits, parse_batch};
+use super::types::{Evolution, TableSchema};
 use crate::catalog::messages::{Commit, Snapshot};
 use crate::catalog::{Action, CatalogActor, CatalogError, CatalogState};
 use crate::ids::TableRef;
@@ -26,6 +30,7 @@ pub struct SchemaActor {
     tables: BTreeMap<TableRef, TableInfo>,
     catalog: Addr<CatalogActor>,
     limits: Arc<BatchLimits>,
+    infer_new_tables: bool,
 }
 
 impl SchemaActor {
@@ -49,7 +54,15 @@ impl SchemaActor {
             tables,
             catalog,
             limits: Arc::new(limits),
+            infer_new_tables: false,
         }
+    }
+
+    /// Creates unknown tables from the first batch sent to them, in `infer` mode, instead of
+    /// refusing the batch.
+    pub fn infer_new_tables(mut self, on: bool) -> Self {
+        self.infer_new_tables = on;
+        self
     }
 }
 
@@ -63,6 +76,92 @@ impl Actor for SchemaActor {
 
 impl Supervised for SchemaActor {}
 
+impl SchemaActor {
+    /// Records `schema` as the next version of `table` in the catalog, if the table's
+    /// evolution rules allow it, and then in the registry.
+    fn evolve(
+        &mut self,
+        table: TableRef,
+        schema: TableSchema,
+        if_version: Option<u32>,
+    ) -> ResponseActFuture<Self, Result<Evolved, SchemaError>> {
+        let ready = |r| -> ResponseActFuture<Self, Result<Evolved, SchemaError>> {
+            Box::pin(actix::fut::ready(r))
+        };
+        let Some(info) = self.tables.get(&table).cloned() else {
+            return ready(Err(SchemaError::UnknownTable {
+                table: table.to_string(),
+            }));
+        };
+        let unchanged = Evolved {
+            info: info.clone(),
+            changes: Vec::new(),
+        };
+        if if_version.is_some_and(|v| v != info.version) || *info.schema == schema {
+            return ready(Ok(unchanged));
+        }
+        let refused = |reason: String| SchemaError::SchemaChange {
+            table: table.to_string(),
+            reason,
+        };
+        let changes = match evolve::check_mode(&info.schema, &schema)
+            .and_then(|()| evolve::check_change(&info.schema, &schema))
+        {
+            Ok(c) => c,
+            Err(reason) => return ready(Err(refused(reason))),
+        };
+        let version = info.version + 1;
+        let commit = Commit {
+            operation: "evolve_schema",
+            actions: vec![Action::EvolveSchema {
+                table: table.clone(),
+                version,
+                schema: schema.clone(),
+            }],
+        };
+        let catalog = self.catalog.clone();
+        Box::pin(
+            async move {
+                match catalog.send(commit).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(CatalogError::Conflict(reason))) => Err(SchemaError::SchemaChange {
+                        table: table.to_string(),
+                        reason,
+                    }),
+                    Ok(Err(e)) => Err(SchemaError::Catalog(e.to_string())),
+                    Err(e) => Err(SchemaError::Catalog(e.to_string())),
+                }
+                .map(|()| table)
+            }
+            .into_actor(self)
+            .map(move |res, act, _| {
+                let table = res?;
+                let info = TableInfo {
+                    table: table.clone(),
+                    version,
+                    schema: Arc::new(schema),
+                };
+                act.tables.insert(table, info.clone());
+                tracing::info!(table = %info.table, version, ?changes, "schema evolved");
+                Ok(Evolved { info, changes })
+            }),
+        )
+    }
+}
+
+impl Handler<Evolve> for SchemaActor {
+    type Result = AtomicResponse<Self, Result<Evolved, SchemaError>>;
+
+    fn handle(&mut self, msg: Evolve, _ctx: &mut Self::Context) -> Self::Result {
+        if let Err(e) = msg.schema.validate() {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(
+                SchemaError::InvalidDefinition(e),
+            ))));
+        }
+        AtomicResponse::new(self.evolve(msg.table, msg.schema, msg.if_version))
+    }
+}
+
 impl Handler<CreateTable> for SchemaActor {
     type Result = AtomicResponse<Self, Result<Created, SchemaError>>;
 
@@ -72,18 +171,15 @@ impl Handler<CreateTable> for SchemaActor {
                 SchemaError::InvalidDefinition(e),
             ))));
         }
-        if let Some(info) = self.tables.get(&msg.table) {
-            let res = if *info.schema == msg.schema {
-                Ok(Created {
-                    info: info.clone(),
+        if self.tables.contains_key(&msg.table) {
+            let fut = self.evolve(msg.table, msg.schema, None);
+            return AtomicResponse::new(Box::pin(fut.map(|res, _, _| {
+                res.map(|e| Created {
+                    info: e.info,
                     created: false,
+                    changes: e.changes,
                 })
-            } else {
-                Err(SchemaError::TableExists {
-                    table: msg.table.to_string(),
-                })
-            };
-            return AtomicResponse::new(Box::pin(actix::fut::ready(res)));
+            })));
         }
         let catalog = self.catalog.clone();
         let table = msg.table.clone();
@@ -128,7 +224,11 @@ impl Handler<CreateTable> for SchemaActor {
                 };
                 act.tables.insert(msg_table, info.clone());
                 tracing::info!(table = %info.table, "table created");
-                Ok(Created { info, created })
+                Ok(Created {
+                    info,
+                    created,
+                    changes: Vec::new(),
+                })
             }),
         ))
     }
@@ -154,30 +254,106 @@ impl Handler<ListTables> for SchemaActor {
     }
 }
 
+/// Whether a batch refused with `e` might pass once its table's schema is inferred again.
+fn inference_may_help(e: &SchemaError) -> bool {
+    matches!(
+        e,
+        SchemaError::UnknownField { .. }
+            | SchemaError::TypeMismatch(_)
+            | SchemaError::ValueOutOfRange(_)
+    )
+}
+
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SchemaError> + Send + 'static,
+) -> Result<T, SchemaError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SchemaError::Arrow(format!("validation task failed: {e}")))?
+}
+
+fn mailbox(e: actix::MailboxError) -> SchemaError {
+    SchemaError::Catalog(format!("the schema registry is unavailable: {e}"))
+}
+
 impl Handler<Validate> for SchemaActor {
     type Result = ResponseFuture<Result<Validated, SchemaError>>;
 
-    fn handle(&mut self, msg: Validate, _ctx: &mut Self::Context) -> Self::Result {
-        let Some(info) = self.tables.get(&msg.table).cloned() else {
-            return Box::pin(async move {
-                Err(SchemaError::UnknownTable {
-                    table: msg.table.to_string(),
-                })
-            });
-        };
+    fn handle(&mut self, msg: Validate, ctx: &mut Self::Context) -> Self::Result {
+        let me = ctx.address();
+        let known = self.tables.get(&msg.table).cloned();
+        let infer_new = self.infer_new_tables;
         let limits = self.limits.clone();
         Box::pin(async move {
-            let schema = info.schema.clone();
-            let rows = tokio::task::spawn_blocking(move || {
-                parse_batch(&msg.body, msg.format, &schema, &limits)
-            })
-            .await
-            .map_err(|e| SchemaError::Arrow(format!("validation task failed: {e}")))??;
-            Ok(Validated {
-                schema: info.schema,
-                schema_version: info.version,
-                rows,
-            })
+            let Validate {
+                table,
+                body,
+                format,
+            } = msg;
+            let mut info = match known {
+                Some(info) => info,
+                None if infer_new => {
+                    let (b, l) = (body.clone(), limits.clone());
+                    let Some(schema) =
+                        blocking(move || evolve::infer(None, &b, format, &l)).await?
+                    else {
+                        return Err(SchemaError::InvalidDefinition(format!(
+                            "table {table} does not exist and cannot be inferred from this batch: no event has a non-null field"
+                        )));
+                    };
+                    let created = me
+                        .send(CreateTable {
+                            table: table.clone(),
+                            schema,
+                        })
+                        .await
+                        .map_err(mailbox)??;
+                    created.info
+                }
+                None => {
+                    return Err(SchemaError::UnknownTable {
+                        table: table.to_string(),
+                    });
+                }
+            };
+            // A table in `infer` mode evolves when the batch needs it; another batch may
+            // evolve it at the same time, hence a few rounds.
+            let mut rounds = 0;
+            loop {
+                let (b, l, s) = (body.clone(), limits.clone(), info.schema.clone());
+                let err = match blocking(move || parse_batch(&b, format, &s, &l)).await {
+                    Ok(rows) => {
+                        return Ok(Validated {
+                            schema: info.schema,
+                            schema_version: info.version,
+                            rows,
+                        });
+                    }
+                    Err(e) => e,
+                };
+                rounds += 1;
+                if info.schema.evolution != Evolution::Infer
+                    || !inference_may_help(&err)
+                    || rounds > 3
+                {
+                    return Err(err);
+                }
+                let (b, l, s) = (body.clone(), limits.clone(), info.schema.clone());
+                let Some(next) = blocking(move || evolve::infer(Some(&s), &b, format, &l)).await?
+                else {
+                    return Err(err);
+                };
+                let evolved = me
+                    .send(Evolve {
+                        table: table.clone(),
+                        schema: next,
+                        if_version: Some(info.version),
+                    })
+                    .await
+                    .map_err(mailbox)??;
+                info = evolved.info;
+            }
         })
     }
 }

@@ -270,6 +270,24 @@ pub enum SchemaError {
     /// Arrow refused to build a batch.
     #[error("arrow error: {0}")]
     Arrow(String),
+    /// A type cannot be inferred for a field of an event (tables in `infer` mode).
+    #[error("{at}, field {field:?}: cannot infer a type: {reason}")]
+    CannotInfer {
+        /// The event.
+        at: Location,
+        /// The field.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// A new definition of an existing table is not an allowed evolution of its schema.
+    #[error("table {table:?} cannot change this way: {reason}")]
+    SchemaChange {
+        /// The table.
+        table: String,
+        /// The precise reason.
+        reason: String,
+    },
     /// The catalog could not record a table change (503).
     #[error("cannot record the table in the catalog: {0}")]
     Catalog(String),
@@ -299,6 +317,8 @@ impl SchemaError {
             SchemaError::InvalidRow { .. } => "invalid_row",
             SchemaError::UnsupportedColumn { .. } => "unsupported_column",
             SchemaError::Arrow(_) => "arrow_error",
+            SchemaError::CannotInfer { .. } => "cannot_infer",
+            SchemaError::SchemaChange { .. } => "schema_change_refused",
             SchemaError::Catalog(_) => "catalog_unavailable",
         }
     }

@@ -24,7 +24,8 @@ pub struct TableInfo {
 }
 
 /// Registers a table. Registering the same definition again is a no-op (`created: false`); a
-/// different definition for an existing table is refused.
+/// different definition for an existing table is a schema change, made as a new version when
+/// the table's evolution rules allow it (see [`crate::schema::evolve`]) and refused otherwise.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Created, SchemaError>")]
 pub struct CreateTable {
@@ -39,8 +40,33 @@ pub struct CreateTable {
 pub struct Created {
     /// The table as registered.
     pub info: TableInfo,
-    /// False when the identical table already existed.
+    /// False when the table already existed.
     pub created: bool,
+    /// The changes a new schema version made to an existing table, in words (empty when the
+    /// table was created or the definition was the same).
+    pub changes: Vec<String>,
+}
+
+/// Makes `schema` the next version of an existing table, when its evolution rules allow it.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Evolved, SchemaError>")]
+pub struct Evolve {
+    /// The table.
+    pub table: TableRef,
+    /// The new definition.
+    pub schema: TableSchema,
+    /// Evolve only if the current version is still this one (a change inferred from data that
+    /// another batch may already have made); otherwise answer the current table unchanged.
+    pub if_version: Option<u32>,
+}
+
+/// Outcome of [`Evolve`].
+#[derive(Debug, Clone)]
+pub struct Evolved {
+    /// The table as registered now.
+    pub info: TableInfo,
+    /// What changed, in words; empty when nothing did.
+    pub changes: Vec<String>,
 }
 
 /// Looks up a table.

@@ -4,6 +4,7 @@
 pub mod actor;
 pub mod arrow;
 pub mod error;
+pub mod evolve;
 pub mod messages;
 pub mod translate;
 pub mod types;

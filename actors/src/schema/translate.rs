@@ -31,7 +31,7 @@ use serde::de::{self, Deserializer as _, SeqAccess, Visitor};
 use serde_json::{Number, Value as J};
 
 use super::error::{BadValue, Found, Location, SchemaError, shown_name};
-use super::types::{FieldType, TableSchema, TimeUnit};
+use super::types::{Evolution, FieldType, TableSchema, TimeUnit};
 use crate::row::{Op, Row, Value};
 
 /// The framing of a request body.
@@ -221,6 +221,11 @@ impl<'s> Translator<'s> {
         let mut values = vec![Value::Null; fields.len()];
         for (name, jv) in map {
             let Some(&i) = self.index.get(name.as_str()) else {
+                // A table evolved from data has no field for values only ever seen as null;
+                // a null is what an absent field reads as, so nothing is lost.
+                if jv.is_null() && self.schema.evolution == Evolution::Infer {
+                    continue;
+                }
                 return Err(SchemaError::UnknownField {
                     at,
                     field: shown_name(&name),
@@ -564,7 +569,7 @@ fn is_json_ws(b: u8) -> bool {
 }
 
 /// Maps a serde_json error to ours, with the NDJSON line when parsing a line on its own.
-fn malformed(e: &serde_json::Error, line: Option<usize>) -> SchemaError {
+pub(crate) fn malformed(e: &serde_json::Error, line: Option<usize>) -> SchemaError {
     let text = e.to_string();
     let suffix = format!(" at line {} column {}", e.line(), e.column());
     let message = text.strip_suffix(&suffix).unwrap_or(&text).to_owned();

@@ -5,6 +5,7 @@
 //! when the `PUT` returns. Callers rely on that: files are written first and committed to the
 //! catalog second.
 
+pub mod index;
 pub mod mvcc;
 pub mod parquet;
 
