@@ -191,6 +191,7 @@ fn arrow_parquet(c: &mut Criterion) {
         sorted_by: vec![1, schema.fields.len()],
         bloom_columns: vec![],
         zstd_level: 3,
+        index_columns: Vec::new(),
     };
     let memtable = Memtable::new(1, schema.clone(), 1);
     for (i, r) in rows.iter().enumerate() {

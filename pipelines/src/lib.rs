@@ -8,12 +8,14 @@
 //! - [`lookup`]: the newest version of one key of an upsert table.
 //! - [`filter`]: query filters, evaluated on batches and checked against statistics.
 //! - [`scan`]: reading committed files with pruning by statistics and bloom filters.
+//! - [`indexes`]: pruning files and row groups by their secondary index sidecars.
 //!
 //! Sources and servers (`alluvium` binary) call into a [`Node`]; they never talk to actors
 //! directly.
 
 pub mod error;
 pub mod filter;
+pub mod indexes;
 pub mod ingest;
 pub mod lookup;
 pub mod processing;

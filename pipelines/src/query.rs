@@ -30,6 +30,7 @@ use object_store::path::Path as ObjectPath;
 use serde::Deserialize;
 
 use crate::filter::{Filter, FilterSpec};
+use crate::indexes::{self, Verdict};
 use crate::scan::{ScanStats, file_may_match, read_file};
 use crate::{Node, PipelineError};
 
@@ -304,57 +305,73 @@ impl Node {
             files_total: files.len(),
             ..ScanStats::default()
         };
-        // Append tables filter as they read; upsert tables after resolving.
-        let early_filter = if upsert { None } else { filter.clone() };
-        let mut batches = Vec::new();
-        let mut rows = 0usize;
-        for file in files {
-            if rows >= collect_limit {
-                break;
-            }
-            if !file_may_match(&file, &prune, &schema) {
-                stats.files_pruned += 1;
-                continue;
-            }
-            let bytes = self
-                .storage
-                .get(&ObjectPath::from(file.path.as_str()))
+        // Upsert tables whose filter pins an indexed column: the sidecars find the keys of file
+        // rows that match on it, and only those keys' versions are read (with every memtable
+        // row) and resolved. A key whose newest version matches is among them: that version
+        // is in the memtable or in a file row the index finds.
+        let mut prune = prune;
+        if let (Some(f), [key_col]) = (&filter, key.as_slice())
+            && indexes::usable(f, &schema)
+        {
+            let on_index: Vec<String> = schema
+                .indexes
+                .iter()
+                .filter(|c| f.required_values(c).is_some())
+                .cloned()
+                .collect();
+            let narrow = f.restrict(&on_index);
+            // The key first, then what the narrowed filter reads.
+            let mut want = vec![key_col.clone()];
+            want.extend(on_index.iter().filter(|c| *c != key_col).cloned());
+            let scan = FileScan {
+                schema: &schema,
+                target: &full,
+                prune: &narrow,
+                fetch: &want,
+                filter: Some(&narrow),
+                bloom: &[],
+            };
+            let found = self
+                .scan_files(&files, &scan, MAX_INDEX_CANDIDATES + 1, &mut stats)
                 .await?;
-            let path = file.path.clone();
-            let want = fetch.clone();
-            let (p, f, bloom) = (prune.clone(), early_filter.clone(), key.clone());
-            let target = full.clone();
-            let groups: Option<Vec<usize>> = None;
-            let mut file_stats = ScanStats::default();
-            let (decoded, file_stats) = tokio::task::spawn_blocking(move || {
-                let batches = read_file(
-                    bytes,
-                    &path,
-                    &p,
-                    &want,
-                    &target,
-                    &bloom,
-                    groups.as_deref(),
-                    &mut file_stats,
-                )?;
-                let mut out = Vec::with_capacity(batches.len());
-                for b in batches {
-                    let b = project(&b, &want)?;
-                    out.push(match &f {
-                        Some(f) => apply(f, &b)?,
-                        None => b,
-                    });
-                }
-                Ok::<_, PipelineError>((out, file_stats))
-            })
-            .await
-            .map_err(|e| PipelineError::Unavailable(format!("file decoding task failed: {e}")))??;
-            stats.add(&file_stats);
-            for b in decoded {
-                rows = push_limited(&mut batches, b, rows, collect_limit);
+            let n: usize = found.iter().map(RecordBatch::num_rows).sum();
+            if n <= MAX_INDEX_CANDIDATES {
+                let keys: Vec<_> = found.iter().map(|b| b.column(0).clone()).collect();
+                let refs: Vec<&dyn arrow::array::Array> = keys.iter().map(|a| a.as_ref()).collect();
+                let values = if refs.is_empty() {
+                    arrow::array::new_empty_array(
+                        full.field_with_name(key_col)
+                            .map_err(|e| PipelineError::Unavailable(e.to_string()))?
+                            .data_type(),
+                    )
+                } else {
+                    arrow::compute::concat(&refs)
+                        .map_err(|e| PipelineError::Unavailable(e.to_string()))?
+                };
+                stats.index_candidate_keys = Some(n as u64);
+                prune = Filter::And(vec![
+                    prune,
+                    Filter::In {
+                        column: key_col.clone(),
+                        values,
+                    },
+                ]);
             }
         }
-
+        // Append tables filter as they read; upsert tables after resolving.
+        let early_filter = if upsert { None } else { filter.clone() };
+        let scan = FileScan {
+            schema: &schema,
+            target: &full,
+            prune: &prune,
+            fetch: &fetch,
+            filter: early_filter.as_ref(),
+            bloom: &key,
+        };
+        let mut batches = self
+            .scan_files(&files, &scan, collect_limit, &mut stats)
+            .await?;
+        let mut rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         if rows < collect_limit {
             let cols2 = fetch.clone();
             let want = collect_limit - rows;
@@ -422,6 +439,100 @@ impl Node {
             catalog_version,
             stats,
         })
+    }
+}
+
+/// Most keys the secondary index may find for an upsert table's query before the query reads
+/// every file instead (the keys' versions are then looked up one by one through key ranges and
+/// bloom filters, which pays only for a selective filter).
+const MAX_INDEX_CANDIDATES: usize = 10_000;
+
+/// What one pass over a snapshot's files reads.
+struct FileScan<'a> {
+    schema: &'a TableSchema,
+    /// The table's current Arrow schema: rows come out in its shape.
+    target: &'a SchemaRef,
+    /// What may prune files, row groups and pages.
+    prune: &'a Filter,
+    /// Columns to read.
+    fetch: &'a [String],
+    /// Rows to keep, when filtering while reading.
+    filter: Option<&'a Filter>,
+    /// Columns whose bloom filters may be checked.
+    bloom: &'a [String],
+}
+
+impl Node {
+    /// Reads the files of a snapshot that may match `scan.prune` (judged by the catalog's
+    /// ranges, the secondary indexes, statistics, bloom filters and page indexes), keeping
+    /// `scan.fetch` of the rows `scan.filter` accepts, until `limit` rows are collected.
+    async fn scan_files(
+        &self,
+        files: &[Arc<DataFile>],
+        scan: &FileScan<'_>,
+        limit: usize,
+        stats: &mut ScanStats,
+    ) -> Result<Vec<RecordBatch>, PipelineError> {
+        let mut batches = Vec::new();
+        let mut rows = 0usize;
+        for file in files {
+            if rows >= limit {
+                break;
+            }
+            if !file_may_match(file, scan.prune, scan.schema) {
+                stats.files_pruned += 1;
+                continue;
+            }
+            let groups = match self.index_verdict(file, scan.prune, scan.schema).await {
+                Verdict::Skip => {
+                    stats.files_pruned_by_index += 1;
+                    continue;
+                }
+                Verdict::RowGroups(g) => Some(g),
+                Verdict::Unknown => None,
+            };
+            let bytes = self
+                .storage
+                .get(&ObjectPath::from(file.path.as_str()))
+                .await?;
+            let path = file.path.clone();
+            let want = scan.fetch.to_vec();
+            let (p, f, bloom) = (
+                scan.prune.clone(),
+                scan.filter.cloned(),
+                scan.bloom.to_vec(),
+            );
+            let target = scan.target.clone();
+            let mut file_stats = ScanStats::default();
+            let (decoded, file_stats) = tokio::task::spawn_blocking(move || {
+                let batches = read_file(
+                    bytes,
+                    &path,
+                    &p,
+                    &want,
+                    &target,
+                    &bloom,
+                    groups.as_deref(),
+                    &mut file_stats,
+                )?;
+                let mut out = Vec::with_capacity(batches.len());
+                for b in batches {
+                    let b = project(&b, &want)?;
+                    out.push(match &f {
+                        Some(f) => apply(f, &b)?,
+                        None => b,
+                    });
+                }
+                Ok::<_, PipelineError>((out, file_stats))
+            })
+            .await
+            .map_err(|e| PipelineError::Unavailable(format!("file decoding task failed: {e}")))??;
+            stats.add(&file_stats);
+            for b in decoded {
+                rows = push_limited(&mut batches, b, rows, limit);
+            }
+        }
+        Ok(batches)
     }
 }
 

@@ -58,6 +58,10 @@ pub struct ScanStats {
     pub rows_decoded: u64,
     /// Rows read from memtables.
     pub memtable_rows: u64,
+    /// Upsert tables: keys the secondary index found for the filter, whose versions alone
+    /// were read (absent when no index applied or it found too many).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index_candidate_keys: Option<u64>,
 }
 
 impl ScanStats {

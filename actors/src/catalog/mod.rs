@@ -15,7 +15,7 @@ pub mod state;
 
 pub use actor::CatalogActor;
 pub use pins::{Pin, Pins};
-pub use state::{Action, CatalogState, DataFile, RemovedFile, TableEntry};
+pub use state::{Action, CatalogState, DataFile, IndexRef, RemovedFile, TableEntry};
 
 use crate::storage::StorageError;
 

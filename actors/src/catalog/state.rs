@@ -42,9 +42,30 @@ pub struct DataFile {
     /// Largest primary key in the file, encoded like `min_key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_key: Option<String>,
+    /// Its secondary index sidecar, when the table declares indexes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<IndexRef>,
+}
+
+/// A data file's secondary index sidecar (see [`crate::storage::index`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexRef {
+    /// Object path from the store root.
+    pub path: String,
+    /// Size of the object in bytes.
+    pub size_bytes: u64,
+    /// The columns it indexes.
+    pub columns: Vec<String>,
 }
 
 impl DataFile {
+    /// Whether the file has a secondary index on `column`.
+    pub fn indexed(&self, column: &str) -> bool {
+        self.index
+            .as_ref()
+            .is_some_and(|i| i.columns.iter().any(|c| c == column))
+    }
+
     /// Whether the file's key range may hold the key whose encoding is `key_hex` (files
     /// without a recorded range may hold anything).
     pub fn may_hold_key(&self, key_hex: &str) -> bool {
@@ -67,6 +88,9 @@ pub struct RemovedFile {
     pub removed_in: u64,
     /// When that commit was made, in milliseconds since the epoch.
     pub removed_at_ms: i64,
+    /// Its secondary index sidecar, deleted with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_path: Option<String>,
 }
 
 /// One change recorded in a commit.
@@ -277,10 +301,15 @@ impl CatalogState {
         Ok(next)
     }
 
-    /// Whether any live or removed file of any table has this path.
+    /// Whether any live or removed file of any table, or its index sidecar, has this path.
     pub fn references(&self, path: &str) -> bool {
         self.tables.values().any(|t| {
-            t.files.iter().any(|f| f.path == path) || t.removed.iter().any(|r| r.path == path)
+            t.files
+                .iter()
+                .any(|f| f.path == path || f.index.as_ref().is_some_and(|i| i.path == path))
+                || t.removed
+                    .iter()
+                    .any(|r| r.path == path || r.index_path.as_deref() == Some(path))
         })
     }
 
@@ -349,6 +378,7 @@ fn replace_files(
                 size_bytes: f.size_bytes,
                 removed_in: version,
                 removed_at_ms: at_ms,
+                index_path: f.index.as_ref().map(|i| i.path.clone()),
             });
         } else {
             kept.push(f.clone());
@@ -464,6 +494,7 @@ mod tests {
             max_time: None,
             min_key: None,
             max_key: None,
+            index: None,
         }
     }
 

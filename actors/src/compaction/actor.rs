@@ -257,12 +257,8 @@ impl Worker {
             .await
             .map_err(|_| CompactionError::Merge("the merge thread died".into()))??;
 
-        for (file, bytes) in &merged.files {
-            if let Err(e) = self
-                .storage
-                .put(&ObjectPath::from(file.path.as_str()), bytes.clone())
-                .await
-            {
+        for f in &merged.files {
+            if let Err(e) = f.put(&self.storage).await {
                 self.remove_outputs(&merged.files).await;
                 return Err(CompactionError::Storage(e.to_string()));
             }
@@ -274,7 +270,7 @@ impl Worker {
         let action = Action::ReplaceFiles {
             table: table.clone(),
             remove: job.inputs.iter().map(|f| f.path.clone()).collect(),
-            add: merged.files.iter().map(|(f, _)| f.clone()).collect(),
+            add: merged.files.iter().map(|f| f.file.clone()).collect(),
             at_ms: now_ms(),
         };
         let committed = self
@@ -308,7 +304,7 @@ impl Worker {
             .map_err(|e| CompactionError::Storage(e.to_string()))?;
 
         let bytes_in = job.input_bytes();
-        let bytes_out: u64 = merged.files.iter().map(|(f, _)| f.size_bytes).sum();
+        let bytes_out: u64 = merged.files.iter().map(|f| f.file.size_bytes).sum();
         tracing::info!(
             table = %table,
             version = state.version,
@@ -336,14 +332,10 @@ impl Worker {
 
     /// Deletes outputs of a compaction that will not be committed (best effort: what stays is
     /// an orphan for the GC at start).
-    async fn remove_outputs(&self, files: &[(crate::catalog::DataFile, bytes::Bytes)]) {
-        for (file, _) in files {
-            if let Err(e) = self
-                .storage
-                .delete(&ObjectPath::from(file.path.as_str()))
-                .await
-            {
-                tracing::warn!(path = %file.path, error = %e, "cannot delete an uncommitted compaction output");
+    async fn remove_outputs(&self, files: &[crate::flush::EncodedFile]) {
+        for f in files {
+            if let Err(e) = f.delete(&self.storage).await {
+                tracing::warn!(path = %f.file.path, error = %e, "cannot delete an uncommitted compaction output");
             }
         }
     }
@@ -387,10 +379,12 @@ impl Worker {
                 if oldest_pin.is_some_and(|v| v < r.removed_in) {
                     continue;
                 }
-                self.storage
-                    .delete(&ObjectPath::from(r.path.as_str()))
-                    .await
-                    .map_err(|e| CompactionError::Storage(e.to_string()))?;
+                for path in std::iter::once(&r.path).chain(r.index_path.as_ref()) {
+                    self.storage
+                        .delete(&ObjectPath::from(path.as_str()))
+                        .await
+                        .map_err(|e| CompactionError::Storage(e.to_string()))?;
+                }
                 tracing::debug!(path = %r.path, "replaced file deleted");
                 report.files += 1;
                 report.bytes += r.size_bytes;

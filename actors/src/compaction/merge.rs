@@ -19,6 +19,7 @@ use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchR
 
 use super::CompactionError;
 use crate::catalog::DataFile;
+use crate::flush::EncodedFile;
 use crate::flush::hex;
 use crate::ids::TableRef;
 use crate::memtable::keys::encode_key_value;
@@ -63,8 +64,8 @@ pub struct MergeInput {
 /// What a merge produced.
 #[derive(Debug, Default)]
 pub struct MergeOutput {
-    /// New files (catalog entry and bytes), in key order.
-    pub files: Vec<(DataFile, Bytes)>,
+    /// New files (catalog entry, bytes and index sidecar), in key order.
+    pub files: Vec<EncodedFile>,
     /// Rows read.
     pub rows_in: u64,
     /// Rows written.
@@ -390,6 +391,7 @@ fn write_chunk(
                     sorted_by,
                     bloom_columns: spec.schema.primary_key.clone(),
                     zstd_level: 3,
+                    index_columns: spec.schema.indexes.clone(),
                 },
             )
             .map_err(merge_err)?;
@@ -428,7 +430,7 @@ fn write_chunk(
 }
 
 fn finish(spec: &MergeSpec, o: Output, out: &mut MergeOutput) -> Result<(), CompactionError> {
-    let bytes = o.writer.finish(o.seq).map_err(merge_err)?;
+    let finished = o.writer.finish(o.seq).map_err(merge_err)?;
     let (min_seq, max_seq) = o.seq;
     let path = format!(
         "{}/data/{}/{min_seq:020}-{max_seq:020}-{}.parquet",
@@ -437,11 +439,11 @@ fn finish(spec: &MergeSpec, o: Output, out: &mut MergeOutput) -> Result<(), Comp
         uuid::Uuid::new_v4().simple()
     );
     out.rows_out += o.rows;
-    out.files.push((
+    out.files.push(EncodedFile::new(
         DataFile {
             path,
             partition: spec.partition.clone(),
-            size_bytes: bytes.len() as u64,
+            size_bytes: 0,
             rows: o.rows,
             min_seq,
             max_seq,
@@ -450,8 +452,9 @@ fn finish(spec: &MergeSpec, o: Output, out: &mut MergeOutput) -> Result<(), Comp
             max_time: o.time.map(|t| t.1),
             min_key: o.first_key.as_deref().map(hex),
             max_key: o.last_key.as_deref().map(hex),
+            index: None,
         },
-        bytes,
+        finished,
     ));
     Ok(())
 }

@@ -6,6 +6,7 @@ use arrow::array::{Int64Array, StringArray};
 use proptest::prelude::*;
 
 use super::*;
+use crate::flush::EncodedFile;
 use crate::flush::build_files;
 use crate::ids::{TableName, TenantId};
 use crate::memtable::Memtable;
@@ -61,10 +62,10 @@ fn flushed(schema: &Arc<TableSchema>, files: &[Vec<Ev>]) -> Vec<MergeInput> {
             m.insert(seq, 0, row);
             seq += 1;
         }
-        for (file, bytes) in build_files(&table(), &m).unwrap() {
+        for f in build_files(&table(), &m).unwrap() {
             out.push(MergeInput {
-                file: Arc::new(file),
-                bytes,
+                file: Arc::new(f.file),
+                bytes: f.bytes,
             });
         }
     }
@@ -82,10 +83,10 @@ fn spec(schema: &Arc<TableSchema>, target: u64, others: Vec<Arc<DataFile>>) -> M
     }
 }
 
-fn batches(files: &[(DataFile, Bytes)]) -> Vec<RecordBatch> {
+fn batches(files: &[EncodedFile]) -> Vec<RecordBatch> {
     files
         .iter()
-        .flat_map(|(f, b)| decode(b.clone(), None, &f.path).unwrap())
+        .flat_map(|f| decode(f.bytes.clone(), None, &f.file.path).unwrap())
         .collect()
 }
 
@@ -135,7 +136,7 @@ fn newest_versions_survive_and_lone_tombstones_go() {
     );
     assert_eq!(out.rows_out, 2);
     assert_eq!(out.files.len(), 1);
-    let (file, _) = &out.files[0];
+    let file = &out.files[0].file;
     assert_eq!((file.min_seq, file.max_seq), (1, 4));
     assert_eq!(file.rows, 2);
     let all = batches(&out.files);
@@ -193,7 +194,10 @@ fn append_tables_keep_every_row_in_time_order_split_by_size() {
     assert!(out.files.len() > 1, "a small target splits the output");
     let mut last = i64::MIN;
     let mut seqs = Vec::new();
-    for (f, b) in &out.files {
+    for EncodedFile {
+        file: f, bytes: b, ..
+    } in &out.files
+    {
         let decoded = decode(b.clone(), None, &f.path).unwrap();
         let rows: usize = decoded.iter().map(|b| b.num_rows()).sum();
         assert_eq!(rows as u64, f.rows);
@@ -240,7 +244,10 @@ proptest! {
     ) {
         let schema = upsert_schema();
         let mut inputs = flushed(&schema, &files);
-        let everything = batches(&inputs.iter().map(|i| ((*i.file).clone(), i.bytes.clone())).collect::<Vec<_>>());
+        let everything: Vec<RecordBatch> = inputs
+            .iter()
+            .flat_map(|i| decode(i.bytes.clone(), None, &i.file.path).unwrap())
+            .collect();
         let want = pairs(resolve(&everything, &["k".into()]).unwrap());
         let outside: Vec<MergeInput> = if skip_first { vec![inputs.remove(0)] } else { vec![] };
 
@@ -248,11 +255,11 @@ proptest! {
         let out = merge(&spec(&schema, target_kib << 10, others), inputs).unwrap();
         let mut after = batches(&out.files);
         for f in &out.files {
-            let b = decode(f.1.clone(), None, &f.0.path).unwrap();
+            let b = decode(f.bytes.clone(), None, &f.file.path).unwrap();
             for batch in &b {
                 for i in 0..batch.num_rows() {
                     let key = hex(&memcomparable_key(batch, &[0], i));
-                    prop_assert!(f.0.may_hold_key(&key));
+                    prop_assert!(f.file.may_hold_key(&key));
                 }
             }
         }
@@ -288,9 +295,9 @@ fn append_tables_without_sort_columns_merge_in_sequence_order() {
     let inputs: Vec<MergeInput> = [m1, m2]
         .iter()
         .flat_map(|m| build_files(&table(), m).unwrap())
-        .map(|(file, bytes)| MergeInput {
-            file: Arc::new(file),
-            bytes,
+        .map(|f| MergeInput {
+            file: Arc::new(f.file),
+            bytes: f.bytes,
         })
         .collect();
     let out = merge(&spec(&schema, 1 << 30, vec![]), inputs).unwrap();

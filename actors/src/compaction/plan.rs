@@ -115,6 +115,7 @@ mod tests {
             max_time: None,
             min_key: None,
             max_key: None,
+            index: None,
         })
     }
 

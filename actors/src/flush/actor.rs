@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use actix::{Actor, Addr, AtomicResponse, Context, Handler, Supervised, WrapFuture};
-use object_store::path::Path as ObjectPath;
 use tracing::Instrument as _;
 
 use super::messages::Flush;
@@ -77,9 +76,8 @@ impl Handler<Flush> for FlushActor {
                     .map_err(|e| FlushError::Encode(format!("cannot start a flush thread: {e}")))?
                     .await
                     .map_err(|_| FlushError::Encode("the flush thread died".into()))??;
-                for (file, bytes) in &files {
-                    storage
-                        .put(&ObjectPath::from(file.path.as_str()), bytes.clone())
+                for f in &files {
+                    f.put(&storage)
                         .await
                         .map_err(|e| FlushError::Storage(e.to_string()))?;
                 }
@@ -87,13 +85,13 @@ impl Handler<Flush> for FlushActor {
                 crate::failpoint::hit_async("flush.after_write")
                     .await
                     .map_err(|e| FlushError::Storage(e.to_string()))?;
-                let rows: u64 = files.iter().map(|(f, _)| f.rows).sum();
-                let bytes: u64 = files.iter().map(|(f, _)| f.size_bytes).sum();
+                let rows: u64 = files.iter().map(|f| f.file.rows).sum();
+                let bytes: u64 = files.iter().map(|f| f.file.size_bytes).sum();
                 let mut actions: Vec<Action> = files
                     .into_iter()
-                    .map(|(file, _)| Action::AddFile {
+                    .map(|f| Action::AddFile {
                         table: table.clone(),
-                        file,
+                        file: f.file,
                     })
                     .collect();
                 let n_files = actions.len();

@@ -1,4 +1,5 @@
-//! Orphan GC: removes data files that a flush wrote but never committed.
+//! Orphan GC: removes data files (and their index sidecars) that a flush or a compaction wrote
+//! but never committed.
 //!
 //! A flush writes its Parquet files first and commits them to the catalog second, so a crash (or
 //! a failed commit) in between leaves files no catalog version references. Replay then flushes
@@ -8,7 +9,8 @@
 //! orphan rather than a file about to be committed.
 //!
 //! Only objects shaped exactly like our data files are considered
-//! (`tables/{tenant}/{table}/data/{partition}/{min_seq:020}-{max_seq:020}-{id}.parquet`), and
+//! (`tables/{tenant}/{table}/data/{partition}/{min_seq:020}-{max_seq:020}-{id}.parquet`, and the
+//! same name ending in `.index` for a sidecar), and
 //! only for tables the catalog knows: anything else on the store (a user's file, the data of a
 //! table whose catalog entry is missing) is left alone. [`orphans`] is the pure selection,
 //! tested on its own; [`remove_orphans`] lists and deletes.
@@ -47,7 +49,10 @@ fn data_file_table(path: &ObjectPath) -> Option<TableRef> {
     if root.as_ref() != TABLES_PREFIX || data.as_ref() != "data" || partition.as_ref().is_empty() {
         return None;
     }
-    let stem = file.as_ref().strip_suffix(".parquet")?;
+    let name = file.as_ref();
+    let stem = name
+        .strip_suffix(".parquet")
+        .or_else(|| name.strip_suffix(".index"))?;
     let mut fields = stem.splitn(3, '-');
     let is_seq =
         |s: Option<&str>| s.is_some_and(|s| s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit()));
@@ -62,16 +67,22 @@ fn data_file_table(path: &ObjectPath) -> Option<TableRef> {
 /// The objects of `listing` that are data files of a table `state` knows but that no file of
 /// `state` references, live or replaced by a compaction and awaiting deletion.
 pub fn orphans<'a>(listing: &'a [ObjectMeta], state: &CatalogState) -> Vec<&'a ObjectMeta> {
-    let referenced: HashSet<&str> = state
-        .tables
-        .values()
-        .flat_map(|t| {
-            t.files
-                .iter()
-                .map(|f| f.path.as_str())
-                .chain(t.removed.iter().map(|r| r.path.as_str()))
-        })
-        .collect();
+    let referenced: HashSet<&str> =
+        state
+            .tables
+            .values()
+            .flat_map(|t| {
+                t.files
+                    .iter()
+                    .flat_map(|f| {
+                        std::iter::once(f.path.as_str())
+                            .chain(f.index.as_ref().map(|i| i.path.as_str()))
+                    })
+                    .chain(t.removed.iter().flat_map(|r| {
+                        std::iter::once(r.path.as_str()).chain(r.index_path.as_deref())
+                    }))
+            })
+            .collect();
     listing
         .iter()
         .filter(|m| !referenced.contains(m.location.as_ref()))
@@ -130,6 +141,7 @@ mod tests {
             max_time: None,
             min_key: None,
             max_key: None,
+            index: None,
         };
         CatalogState::default()
             .apply(

@@ -14,15 +14,18 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate};
+use object_store::path::Path as ObjectPath;
 
-use crate::catalog::DataFile;
+use crate::catalog::{DataFile, IndexRef};
 use crate::ids::TableRef;
 use crate::memtable::Memtable;
 use crate::memtable::table::sort_columns;
 use crate::row::Value;
 use crate::schema::arrow::{RowRef, rows_to_batch};
 use crate::schema::{PartitionBy, TableSchema};
-use crate::storage::parquet::{FileOptions, encode};
+use crate::storage::index::sidecar_path;
+use crate::storage::parquet::{FileOptions, FileWriter, Finished};
+use crate::storage::{Storage, StorageError};
 
 pub use actor::FlushActor;
 
@@ -41,6 +44,67 @@ pub enum FlushError {
     /// An actor on the way is gone.
     #[error("flush interrupted: {0}")]
     Mailbox(String),
+}
+
+/// A data file ready to be written: its catalog entry, its bytes, and its secondary index
+/// sidecar's bytes (when the table declares indexes).
+#[derive(Debug, Clone)]
+pub struct EncodedFile {
+    /// The catalog entry (its size and index reference filled in).
+    pub file: DataFile,
+    /// The Parquet file.
+    pub bytes: Bytes,
+    /// The encoded sidecar.
+    pub index: Option<Bytes>,
+}
+
+impl EncodedFile {
+    /// Pairs a finished Parquet file with its catalog entry, recording the file's size and
+    /// its sidecar (next to it, see [`sidecar_path`]).
+    pub fn new(mut file: DataFile, finished: Finished) -> Self {
+        file.size_bytes = finished.bytes.len() as u64;
+        let index = finished.index.map(|ix| {
+            let encoded = Bytes::from(ix.encode());
+            file.index = Some(IndexRef {
+                path: sidecar_path(&file.path),
+                size_bytes: encoded.len() as u64,
+                columns: ix.columns().into_iter().map(String::from).collect(),
+            });
+            encoded
+        });
+        Self {
+            file,
+            bytes: finished.bytes,
+            index,
+        }
+    }
+
+    /// Writes the sidecar, then the data file (both before the catalog commit that references
+    /// them; a crash in between leaves orphans for [`gc`]).
+    pub async fn put(&self, storage: &Storage) -> Result<(), StorageError> {
+        if let (Some(r), Some(bytes)) = (&self.file.index, &self.index) {
+            storage
+                .put(&ObjectPath::from(r.path.as_str()), bytes.clone())
+                .await?;
+        }
+        storage
+            .put(
+                &ObjectPath::from(self.file.path.as_str()),
+                self.bytes.clone(),
+            )
+            .await
+    }
+
+    /// Deletes what [`Self::put`] wrote, for a commit that will not happen.
+    pub async fn delete(&self, storage: &Storage) -> Result<(), StorageError> {
+        storage
+            .delete(&ObjectPath::from(self.file.path.as_str()))
+            .await?;
+        if let Some(r) = &self.file.index {
+            storage.delete(&ObjectPath::from(r.path.as_str())).await?;
+        }
+        Ok(())
+    }
 }
 
 /// The partition a time value falls in, by the table's partitioning.
@@ -74,12 +138,9 @@ fn time_value(v: &Value) -> Option<i64> {
     }
 }
 
-/// Encodes a memtable's rows as one Parquet file per partition; returns each file's catalog
-/// entry and bytes. The caller writes the bytes, then commits the entries.
-pub fn build_files(
-    table: &TableRef,
-    memtable: &Memtable,
-) -> Result<Vec<(DataFile, Bytes)>, FlushError> {
+/// Encodes a memtable's rows as one Parquet file per partition (with its index sidecar); the
+/// caller writes them, then commits the entries.
+pub fn build_files(table: &TableRef, memtable: &Memtable) -> Result<Vec<EncodedFile>, FlushError> {
     let schema = memtable.schema();
     let time_idx = schema
         .time_column
@@ -125,8 +186,9 @@ pub fn build_files(
             })
         };
         let batch = rows_to_batch(schema, &rows).map_err(|e| FlushError::Encode(e.to_string()))?;
-        let bytes = encode(
-            &batch,
+        let encode_err = |e: StorageError| FlushError::Encode(e.to_string());
+        let mut writer = FileWriter::new(
+            batch.schema(),
             &FileOptions {
                 table: table.to_string(),
                 schema_version: memtable.schema_version(),
@@ -134,9 +196,12 @@ pub fn build_files(
                 sorted_by: sorted_by.clone(),
                 bloom_columns: bloom_columns.clone(),
                 zstd_level: 3,
+                index_columns: schema.indexes.clone(),
             },
         )
-        .map_err(|e| FlushError::Encode(e.to_string()))?;
+        .map_err(encode_err)?;
+        writer.write(&batch).map_err(encode_err)?;
+        let finished = writer.finish((min_seq, max_seq)).map_err(encode_err)?;
         let path = format!(
             "{}/data/{partition}/{min_seq:020}-{max_seq:020}-{}.parquet",
             table.path_prefix(),
@@ -146,11 +211,11 @@ pub fn build_files(
             Some((lo, hi)) if !schema.primary_key.is_empty() => (Some(hex(lo)), Some(hex(hi))),
             _ => (None, None),
         };
-        out.push((
+        out.push(EncodedFile::new(
             DataFile {
                 path,
                 partition,
-                size_bytes: bytes.len() as u64,
+                size_bytes: 0,
                 rows: rows.len() as u64,
                 min_seq,
                 max_seq,
@@ -159,8 +224,9 @@ pub fn build_files(
                 max_time: times().max(),
                 min_key,
                 max_key,
+                index: None,
             },
-            bytes,
+            finished,
         ));
     }
     Ok(out)

@@ -267,9 +267,20 @@ impl TableSchema {
         } else if self.partition_by != PartitionBy::None {
             return Err("partition_by needs a time_column".into());
         }
+        let mut index_seen = std::collections::HashSet::new();
         for i in &self.indexes {
-            if self.field(i).is_none() {
-                return Err(format!("indexed column {i:?} is not a field"));
+            let f = self
+                .field(i)
+                .ok_or_else(|| format!("indexed column {i:?} is not a field"))?;
+            if !f.ty.is_key_type() {
+                return Err(format!(
+                    "indexed column {i:?} has type {}, which cannot be indexed (bool, integers, \
+                     string, binary, timestamps and dates can)",
+                    f.ty
+                ));
+            }
+            if !index_seen.insert(i.as_str()) {
+                return Err(format!("indexed column {i:?} is listed twice"));
             }
         }
         Ok(())
@@ -337,6 +348,9 @@ mod tests {
             r#"{"fields":[{"name":"a","type":"int64"}],"partition_by":"day"}"#,
             r#"{"fields":[{"name":"t","type":"timestamp_ms"}],"time_column":"t","partition_by":"day"}"#,
             r#"{"fields":[{"name":"a b","type":"int64"}]}"#,
+            r#"{"fields":[{"name":"a","type":"float64"}],"indexes":["a"]}"#,
+            r#"{"fields":[{"name":"a","type":"int64"}],"indexes":["a","a"]}"#,
+            r#"{"fields":[{"name":"a","type":"int64"}],"indexes":["b"]}"#,
         ];
         for b in bad {
             assert!(parse(b).validate().is_err(), "{b} accepted");

@@ -16,6 +16,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use super::StorageError;
+use super::index::{FileIndex, IndexBuilder};
 
 /// Key-value metadata keys written into every data file.
 pub mod meta {
@@ -44,10 +45,22 @@ pub struct FileOptions {
     pub bloom_columns: Vec<String>,
     /// zstd level, 1..=22.
     pub zstd_level: i32,
+    /// Columns that get a secondary index sidecar (the table's `indexes`).
+    pub index_columns: Vec<String>,
+}
+
+/// A finished file: its bytes and, when columns were indexed, its secondary index.
+#[derive(Debug)]
+pub struct Finished {
+    /// The Parquet file.
+    pub bytes: Bytes,
+    /// The index of [`FileOptions::index_columns`] (`None` when there are none, or none could
+    /// be built: see [`IndexBuilder::finish`]).
+    pub index: Option<FileIndex>,
 }
 
 /// Rows per row group: large enough for good compression, small enough to prune by statistics.
-const ROW_GROUP_ROWS: usize = 128 * 1024;
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 fn parquet_err(source: parquet::errors::ParquetError) -> StorageError {
     StorageError::Parquet {
@@ -60,6 +73,7 @@ fn parquet_err(source: parquet::errors::ParquetError) -> StorageError {
 /// stream many).
 pub struct FileWriter {
     writer: ArrowWriter<Vec<u8>>,
+    index: Option<IndexBuilder>,
 }
 
 impl std::fmt::Debug for FileWriter {
@@ -95,14 +109,24 @@ impl FileWriter {
         for c in &opts.bloom_columns {
             props = props.set_column_bloom_filter_enabled(ColumnPath::from(c.as_str()), true);
         }
+        let indexed: Vec<(String, usize)> = opts
+            .index_columns
+            .iter()
+            .filter_map(|c| schema.index_of(c).ok().map(|i| (c.clone(), i)))
+            .collect();
+        let index = (!indexed.is_empty()).then(|| IndexBuilder::new(indexed, ROW_GROUP_ROWS));
         let writer =
             ArrowWriter::try_new(Vec::new(), schema, Some(props.build())).map_err(parquet_err)?;
-        Ok(Self { writer })
+        Ok(Self { writer, index })
     }
 
     /// Appends rows.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), StorageError> {
-        self.writer.write(batch).map_err(parquet_err)
+        self.writer.write(batch).map_err(parquet_err)?;
+        if let Some(index) = &mut self.index {
+            index.observe(batch);
+        }
+        Ok(())
     }
 
     /// Approximate size of the file so far: bytes written plus the encoded size of the row
@@ -111,8 +135,8 @@ impl FileWriter {
         self.writer.bytes_written() + self.writer.in_progress_size()
     }
 
-    /// Finishes the file, recording the smallest and largest `_seq` of its rows.
-    pub fn finish(mut self, seq_range: (u64, u64)) -> Result<Bytes, StorageError> {
+    /// Finishes the file, recording the smallest and largest `_seq` of its rows, and its index.
+    pub fn finish(mut self, seq_range: (u64, u64)) -> Result<Finished, StorageError> {
         self.writer.append_key_value_metadata(KeyValue::new(
             meta::MIN_SEQ.into(),
             seq_range.0.to_string(),
@@ -121,9 +145,20 @@ impl FileWriter {
             meta::MAX_SEQ.into(),
             seq_range.1.to_string(),
         ));
+        // Closes the row group in progress, so that every row group's size is known.
+        self.writer.flush().map_err(parquet_err)?;
+        let groups: Vec<u64> = self
+            .writer
+            .flushed_row_groups()
+            .iter()
+            .map(|g| g.num_rows().max(0) as u64)
+            .collect();
         // Writes the footer too.
         let buf = self.writer.into_inner().map_err(parquet_err)?;
-        Ok(Bytes::from(buf))
+        Ok(Finished {
+            bytes: Bytes::from(buf),
+            index: self.index.and_then(|b| b.finish(&groups)),
+        })
     }
 }
 
@@ -131,7 +166,7 @@ impl FileWriter {
 pub fn encode(batch: &RecordBatch, opts: &FileOptions) -> Result<Bytes, StorageError> {
     let mut writer = FileWriter::new(batch.schema(), opts)?;
     writer.write(batch)?;
-    writer.finish(opts.seq_range)
+    writer.finish(opts.seq_range).map(|f| f.bytes)
 }
 
 /// Decodes a Parquet file, keeping only the named columns (all when `columns` is `None`).
@@ -199,6 +234,7 @@ mod tests {
             sorted_by: vec![0],
             bloom_columns: vec!["id".into()],
             zstd_level: 3,
+            index_columns: Vec::new(),
         };
         let bytes = encode(&batch, &opts).unwrap();
         let all = decode(bytes.clone(), None, "x").unwrap();
