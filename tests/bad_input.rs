@@ -224,7 +224,7 @@ fn bad_requests_are_refused_precisely_and_write_nothing() {
             "{r:?}"
         );
     }
-    // A different definition for an existing table is a conflict.
+    // A definition that is not an allowed evolution of the existing table is refused.
     let r = send(
         "PUT",
         &server.url("/v1/tables/t"),
@@ -234,7 +234,7 @@ fn bad_requests_are_refused_precisely_and_write_nothing() {
     );
     assert_eq!(
         (r.status, r.code().as_str()),
-        (409, "table_exists"),
+        (409, "schema_change_refused"),
         "{r:?}"
     );
 

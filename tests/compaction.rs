@@ -207,15 +207,17 @@ fn background_compaction_and_file_gc_and_duckdb_agree() {
     let version_before = files(&server, "events")["catalog_version"]
         .as_u64()
         .unwrap();
-    // Four flushed files of one tier: the background compactor merges them, then deletes them.
+    // Four flushed files of one tier: the background compactor merges them, then purges them
+    // from the catalog and deletes them (just after the purge commit, hence the wait for both).
+    let data = dir.path().join("tables/default/events/data");
     let settled = wait_for(Duration::from_secs(30), || {
         let f = files(&server, "events");
-        (f["files"].as_array().unwrap().len() == 1 && f["removed"].as_array().unwrap().is_empty())
+        (f["files"].as_array().unwrap().len() == 1
+            && f["removed"].as_array().unwrap().is_empty()
+            && parquet_files(&data).len() == 1)
             .then_some(f)
     })
-    .expect("background compaction did not merge and collect the files");
-    let data = dir.path().join("tables/default/events/data");
-    assert_eq!(parquet_files(&data).len(), 1, "replaced files are deleted");
+    .expect("background compaction did not merge, purge and delete the files");
     assert!(settled["readable_from"].as_u64().unwrap() > version_before);
     let r = send(
         "POST",

@@ -54,6 +54,8 @@ struct Scan {
     rows_decoded: u64,
     bytes_read: u64,
     files_read: u64,
+    files_pruned_by_index: u64,
+    index_candidate_keys: Option<u64>,
     rows_per_s: f64,
     mb_per_s: f64,
 }
@@ -132,15 +134,16 @@ fn build(c: &Client, table: &str, files: u64, rows_per_file: u64) -> anyhow::Res
         Some(&json!({"fields": [
             {"name": "id", "type": "int64", "nullable": false},
             {"name": "n", "type": "int64", "nullable": false},
-            {"name": "v", "type": "string"}
-        ], "primary_key": ["id"]})),
+            {"name": "v", "type": "string"},
+            {"name": "g", "type": "string", "nullable": false}
+        ], "primary_key": ["id"], "indexes": ["g"]})),
     )?;
     let keys = (files * rows_per_file / 2).max(1);
     let mut rng = rand::rng();
     for f in 0..files {
         let batch: Vec<Value> = (0..rows_per_file)
             .map(|i| {
-                json!({"id": rng.random_range(0..keys), "n": f * rows_per_file + i, "v": format!("file {f} row {i} of the benchmark")})
+                json!({"id": rng.random_range(0..keys), "n": f * rows_per_file + i, "v": format!("file {f} row {i} of the benchmark"), "g": format!("g{f}-{}", i % 20)})
             })
             .collect();
         c.ok(
@@ -182,6 +185,7 @@ fn phase(c: &Client, args: &TablesArgs) -> anyhow::Result<Phase> {
         json!({"column": "n", "op": "<", "value": total / 100}),
         json!({"column": "v", "op": "=", "value": "file 7 row 7 of the benchmark"}),
         json!({"column": "id", "op": "in", "value": [1, 1000, 5000]}),
+        json!({"column": "g", "op": "=", "value": "g7-3"}),
     ] {
         let t = Instant::now();
         let v = c.ok(
@@ -199,6 +203,8 @@ fn phase(c: &Client, args: &TablesArgs) -> anyhow::Result<Phase> {
             rows_decoded: get("rows_decoded"),
             bytes_read: get("bytes_read"),
             files_read: get("files_read"),
+            files_pruned_by_index: get("files_pruned_by_index"),
+            index_candidate_keys: e["index_candidate_keys"].as_u64(),
             rows_per_s: get("rows_decoded") as f64 / s,
             mb_per_s: get("bytes_read") as f64 / 1e6 / s,
         });
@@ -247,8 +253,21 @@ fn print_phase(name: &str, p: &Phase) {
     );
     for s in &p.scans {
         println!(
-            "  scan {}: {:.1} ms, {} rows out, {} rows decoded from {} files ({:.0} rows/s, {:.1} MB/s)",
-            s.filter, s.ms, s.rows_returned, s.rows_decoded, s.files_read, s.rows_per_s, s.mb_per_s
+            "  scan {}: {:.1} ms, {} rows out, {} rows decoded from {} files ({:.0} rows/s, {:.1} MB/s){}",
+            s.filter,
+            s.ms,
+            s.rows_returned,
+            s.rows_decoded,
+            s.files_read,
+            s.rows_per_s,
+            s.mb_per_s,
+            match s.index_candidate_keys {
+                Some(k) => format!(
+                    ", index: {} files skipped, {k} candidate keys",
+                    s.files_pruned_by_index
+                ),
+                None => String::new(),
+            }
         );
     }
 }
