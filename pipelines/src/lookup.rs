@@ -96,7 +96,19 @@ impl Node {
     ) -> Result<RecordBatch, PipelineError> {
         principal.require(Scope::Query)?;
         let info = self.table_info(Self::table_ref(principal, table)?).await?;
-        let schema = info.schema.clone();
+        // The snapshot's schema: it is at least as new as every row the snapshot holds.
+        let TableSnapshot {
+            mem,
+            files,
+            committed,
+            _pin,
+            schema,
+            ..
+        } = match as_of {
+            Some(v) => self.snapshot_at(&info.table, v).await?,
+            None => self.snapshot(&info.table).await?,
+        };
+        let schema = schema.unwrap_or(info.schema.clone());
         let key_cols = schema.primary_key.clone();
         let probe_row = key_row(&schema, key)?;
         let mut key_bytes = Vec::new();
@@ -111,17 +123,6 @@ impl Node {
         }
         let not_found = || PipelineError::RowNotFound(key.chars().take(200).collect());
         let full = arrow_schema(&schema);
-
-        let TableSnapshot {
-            mem,
-            files,
-            committed,
-            _pin,
-            ..
-        } = match as_of {
-            Some(v) => self.snapshot_at(&info.table, v).await?,
-            None => self.snapshot(&info.table).await?,
-        };
 
         // Memtable versions (above the committed sequence) are newer than any file's.
         let in_memory = mem

@@ -154,6 +154,9 @@ pub(crate) struct TableSnapshot {
     pub committed: Seq,
     /// The catalog version read.
     pub catalog_version: u64,
+    /// The table's newest schema in the catalog read: every memtable and file of the snapshot
+    /// was written under it or an older version, so reads take this shape.
+    pub schema: Option<Arc<TableSchema>>,
     /// Keeps the files of that version on the store while the read runs.
     pub _pin: Pin,
 }
@@ -171,14 +174,15 @@ impl Node {
             .await?;
         let state = self.catalog.send(Snapshot).await?;
         let pin = self.pins.pin(state.version);
-        let (files, committed) = match state.table(table) {
-            Some(e) => (e.files.clone(), e.committed_seq),
-            None => (Vec::new(), 0),
+        let (files, committed, schema) = match state.table(table) {
+            Some(e) => (e.files.clone(), e.committed_seq, Some(e.schema.clone())),
+            None => (Vec::new(), 0, None),
         };
         Ok(TableSnapshot {
             mem,
             files,
             committed,
+            schema,
             catalog_version: state.version,
             _pin: pin,
         })
@@ -224,6 +228,7 @@ impl Node {
             mem: MemSnapshot::default(),
             files: old.files.clone(),
             committed: old.committed_seq,
+            schema: Some(entry.schema.clone()),
             catalog_version: version,
             _pin: pin,
         })
@@ -239,7 +244,13 @@ impl Node {
     ) -> Result<QueryResult, PipelineError> {
         principal.require(Scope::Query)?;
         let info = self.table(principal, table).await?;
-        let schema = info.schema.clone();
+        // The snapshot first, then its schema: a schema version committed after the registry
+        // answered must not make newer rows read in an older shape.
+        let snapshot = match req.as_of {
+            Some(v) => self.snapshot_at(&info.table, v).await?,
+            None => self.snapshot(&info.table).await?,
+        };
+        let schema = snapshot.schema.clone().unwrap_or(info.schema.clone());
         let cols = columns(&schema, &req)?;
         if req.descending && req.order_by.is_none() {
             return Err(PipelineError::InvalidQuery(
@@ -289,16 +300,13 @@ impl Node {
             limit
         };
 
-        let snapshot = match req.as_of {
-            Some(v) => self.snapshot_at(&info.table, v).await?,
-            None => self.snapshot(&info.table).await?,
-        };
         let TableSnapshot {
             mem,
             files,
             committed,
             catalog_version,
             _pin,
+            ..
         } = snapshot;
 
         let mut stats = ScanStats {
@@ -331,24 +339,22 @@ impl Node {
                 filter: Some(&narrow),
                 bloom: &[],
             };
+            // Rows (versions) are capped too, so a value matching most of the table stops early.
+            let mut lookup = ScanStats::default();
             let found = self
-                .scan_files(&files, &scan, MAX_INDEX_CANDIDATES + 1, &mut stats)
+                .scan_files(&files, &scan, 4 * MAX_INDEX_CANDIDATES, &mut lookup)
                 .await?;
-            let n: usize = found.iter().map(RecordBatch::num_rows).sum();
-            if n <= MAX_INDEX_CANDIDATES {
-                let keys: Vec<_> = found.iter().map(|b| b.column(0).clone()).collect();
-                let refs: Vec<&dyn arrow::array::Array> = keys.iter().map(|a| a.as_ref()).collect();
-                let values = if refs.is_empty() {
-                    arrow::array::new_empty_array(
-                        full.field_with_name(key_col)
-                            .map_err(|e| PipelineError::Unavailable(e.to_string()))?
-                            .data_type(),
-                    )
-                } else {
-                    arrow::compute::concat(&refs)
-                        .map_err(|e| PipelineError::Unavailable(e.to_string()))?
-                };
-                stats.index_candidate_keys = Some(n as u64);
+            stats.files_pruned_by_index += lookup.files_pruned_by_index;
+            stats.row_groups_pruned_by_index += lookup.row_groups_pruned_by_index;
+            stats.index_rows_decoded = Some(lookup.rows_decoded);
+            let rows: usize = found.iter().map(RecordBatch::num_rows).sum();
+            let keys = if rows < 4 * MAX_INDEX_CANDIDATES {
+                distinct_keys(&found, &full, key_col)?
+            } else {
+                None
+            };
+            if let Some(values) = keys.filter(|k| k.len() <= MAX_INDEX_CANDIDATES) {
+                stats.index_candidate_keys = Some(values.len() as u64);
                 prune = Filter::And(vec![
                     prune,
                     Filter::In {
@@ -446,6 +452,40 @@ impl Node {
 /// every file instead (the keys' versions are then looked up one by one through key ranges and
 /// bloom filters, which pays only for a selective filter).
 const MAX_INDEX_CANDIDATES: usize = 10_000;
+
+/// The distinct values of the first column of `batches` (the key column `key_col`), or `None`
+/// when a value is not a key type.
+fn distinct_keys(
+    batches: &[RecordBatch],
+    full: &SchemaRef,
+    key_col: &str,
+) -> Result<Option<arrow::array::ArrayRef>, PipelineError> {
+    let err = |e: arrow::error::ArrowError| PipelineError::Unavailable(e.to_string());
+    let ty = full.field_with_name(key_col).map_err(err)?.data_type();
+    let refs: Vec<&dyn arrow::array::Array> =
+        batches.iter().map(|b| b.column(0).as_ref()).collect();
+    let all = if refs.is_empty() {
+        return Ok(Some(arrow::array::new_empty_array(ty)));
+    } else {
+        arrow::compute::concat(&refs).map_err(err)?
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut keep = Vec::new();
+    for i in 0..all.len() {
+        let Some(v) = alluvium_actors::schema::arrow::key_value_at(all.as_ref(), i) else {
+            return Ok(None);
+        };
+        let mut enc = Vec::new();
+        alluvium_actors::memtable::keys::encode_key_value(&v, &mut enc);
+        if seen.insert(enc) {
+            keep.push(i as u32);
+        }
+    }
+    let idx = arrow::array::UInt32Array::from(keep);
+    Ok(Some(
+        arrow::compute::take(all.as_ref(), &idx, None).map_err(err)?,
+    ))
+}
 
 /// What one pass over a snapshot's files reads.
 struct FileScan<'a> {

@@ -62,6 +62,10 @@ pub struct ScanStats {
     /// were read (absent when no index applied or it found too many).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub index_candidate_keys: Option<u64>,
+    /// Upsert tables: rows decoded to find those keys (not in `rows_decoded`, which counts
+    /// the reading of their versions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index_rows_decoded: Option<u64>,
 }
 
 impl ScanStats {

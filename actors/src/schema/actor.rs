@@ -120,22 +120,40 @@ impl SchemaActor {
             }],
         };
         let catalog = self.catalog.clone();
+        let t = table.clone();
         Box::pin(
             async move {
-                match catalog.send(commit).await {
-                    Ok(Ok(_)) => Ok(()),
+                let res = match catalog.send(commit).await {
+                    Ok(Ok(_)) => return Ok(()),
                     Ok(Err(CatalogError::Conflict(reason))) => Err(SchemaError::SchemaChange {
-                        table: table.to_string(),
+                        table: t.to_string(),
                         reason,
                     }),
                     Ok(Err(e)) => Err(SchemaError::Catalog(e.to_string())),
                     Err(e) => Err(SchemaError::Catalog(e.to_string())),
-                }
-                .map(|()| table)
+                };
+                // The commit may have landed although it reported an error, or the registry
+                // may be behind the catalog: take the catalog's word for the table.
+                let now = catalog.send(Snapshot).await.ok().and_then(|state| {
+                    state
+                        .table(&t)
+                        .map(|e| (e.schema_version, e.schema.clone()))
+                });
+                res.map_err(|e| (e, now))
             }
             .into_actor(self)
             .map(move |res, act, _| {
-                let table = res?;
+                if let Err((e, now)) = res {
+                    if let Some((version, schema)) = now {
+                        let synced = TableInfo {
+                            table: table.clone(),
+                            version,
+                            schema,
+                        };
+                        act.tables.insert(table, synced);
+                    }
+                    return Err(e);
+                }
                 let info = TableInfo {
                     table: table.clone(),
                     version,
@@ -308,8 +326,18 @@ impl Handler<Validate> for SchemaActor {
                             schema,
                         })
                         .await
-                        .map_err(mailbox)??;
-                    created.info
+                        .map_err(mailbox)?;
+                    match created {
+                        Ok(c) => c.info,
+                        // Another first batch created the table meanwhile: evolve it below.
+                        Err(e) => me
+                            .send(GetTable {
+                                table: table.clone(),
+                            })
+                            .await
+                            .map_err(mailbox)?
+                            .ok_or(e)?,
+                    }
                 }
                 None => {
                     return Err(SchemaError::UnknownTable {

@@ -243,12 +243,14 @@ fn for_new_field(seen: FieldType) -> FieldType {
 }
 
 /// How an existing field's type must change to hold a value suggesting `seen`, if it can
-/// (a lossless widening); `None` when it needs no change or cannot change.
+/// (a lossless widening); `None` when it needs no change or cannot change. An indexed field
+/// is never widened to a type that cannot be indexed.
 fn widened_for(current: &FieldType, seen: &FieldType) -> Option<FieldType> {
     use FieldType::*;
+    // A float32 field takes fractions already (rounded to float32), so it never needs to widen.
     match (current, seen) {
         (Int32, Int64) => Some(Int64),
-        (Int32, Float64) | (Float32, Float64) => Some(Float64),
+        (Int32, Float64) => Some(Float64),
         _ => None,
     }
 }
@@ -285,7 +287,8 @@ fn events(body: &[u8], format: BodyFormat, limits: &BatchLimits) -> Result<Vec<J
 
 /// The definition a batch calls for: `current` (when the table exists) with the fields the
 /// events bring added (nullable, in order of first appearance) and existing fields widened
-/// where the events need it and a lossless widening exists; or, for a new table, a definition
+/// where the events need it and a lossless widening exists (an existing field whose values
+/// suggest no single type is left to the translator); or, for a new table, a definition
 /// of nullable fields, append-only, in `infer` mode. Fields seen only as null are left out
 /// (a null is the same as an absent field). Returns `None` when nothing would change.
 ///
@@ -301,16 +304,28 @@ pub fn infer(
     // Field name -> inferred type, in order of first appearance.
     let mut order: Vec<String> = Vec::new();
     let mut types: HashMap<String, Option<FieldType>> = HashMap::new();
+    // Existing fields whose values suggest no single type: left as they are (the translator
+    // judges their values by the field's type, which may accept them, e.g. timestamps given
+    // as text and as integers).
+    let mut unsure: std::collections::HashSet<String> = Default::default();
+    let exists = |name: &str| current.is_some_and(|c| c.field(name).is_some());
     for (row, ev) in events.iter().enumerate() {
         let at = Location { row, line: None };
         let J::Object(map) = ev else {
             continue; // the translator reports it precisely
         };
         for (name, v) in map {
-            if name == OP_FIELD {
+            if name == OP_FIELD || unsure.contains(name) {
                 continue;
             }
-            let t = suggested(v, name, at)?;
+            let t = match suggested(v, name, at) {
+                Ok(t) => t,
+                Err(_) if exists(name) => {
+                    unsure.insert(name.clone());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             match types.get_mut(name) {
                 None => {
                     order.push(name.clone());
@@ -320,13 +335,22 @@ pub fn infer(
                     if let Some(t) = t {
                         *slot = Some(match slot.take() {
                             None => t,
-                            Some(prev) => unify(&prev, &t).ok_or_else(|| SchemaError::CannotInfer {
-                                at,
-                                field: shown_name(name),
-                                reason: format!(
-                                    "values of types {prev} and {t} in one field have no common type"
-                                ),
-                            })?,
+                            Some(prev) => match unify(&prev, &t) {
+                                Some(u) => u,
+                                None if exists(name) => {
+                                    unsure.insert(name.clone());
+                                    continue;
+                                }
+                                None => {
+                                    return Err(SchemaError::CannotInfer {
+                                        at,
+                                        field: shown_name(name),
+                                        reason: format!(
+                                            "values of types {prev} and {t} in one field have no common type"
+                                        ),
+                                    });
+                                }
+                            },
                         });
                     }
                 }
@@ -348,11 +372,18 @@ pub fn infer(
         let Some(Some(seen)) = types.remove(&name) else {
             continue;
         };
+        if unsure.contains(&name) {
+            continue;
+        }
+        let indexed = next.indexes.contains(&name);
         match next.fields.iter_mut().find(|f| f.name == name) {
             Some(f) => {
                 let fixed = next.primary_key.contains(&f.name)
                     || next.time_column.as_deref() == Some(f.name.as_str());
-                if !fixed && let Some(w) = widened_for(&f.ty, &seen) {
+                if !fixed
+                    && let Some(w) = widened_for(&f.ty, &seen)
+                    && (!indexed || w.is_key_type())
+                {
                     f.ty = w;
                 }
             }

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::schema::types::TimeUnit;
 
 fn schema(json: &str) -> TableSchema {
     let s: TableSchema = serde_json::from_str(json).unwrap();
@@ -181,7 +182,30 @@ fn infers_evolutions_of_existing_tables() {
     check_change(&cur, &next).unwrap();
     let next = infer_json(Some(&cur), r#"[{"id":1,"ts":0,"s":"a","n":1.5,"x":2.5}]"#).unwrap();
     assert_eq!(next.fields[2].ty, FieldType::Float64);
-    assert_eq!(next.fields[3].ty, FieldType::Float64);
+    assert_eq!(
+        next.fields[3].ty,
+        FieldType::Float32,
+        "float32 takes fractions as it is"
+    );
+    // Existing fields whose values mix kinds (a timestamp as text and as a number) are left to
+    // the translator; a new field still joins.
+    let next = infer_json(
+        Some(&cur),
+        r#"[{"id":1,"ts":"2026-11-25T00:00:00Z","s":"a","new":1},{"id":2,"ts":0,"s":{"o":1}}]"#,
+    )
+    .unwrap();
+    assert_eq!(next.fields.len(), 6);
+    assert_eq!(
+        next.fields[1].ty,
+        FieldType::Timestamp(TimeUnit::Millisecond)
+    );
+    // An indexed int32 field is not widened to a float.
+    let mut indexed = cur.clone();
+    indexed.indexes = vec!["n".into()];
+    assert_eq!(
+        infer_json(Some(&indexed), r#"[{"id":1,"ts":0,"s":"a","n":1.5}]"#),
+        None
+    );
     // Keys never change type; nothing new means no change.
     assert_eq!(
         infer_json(Some(&cur), r#"[{"id":1.5,"ts":0,"s":"a"}]"#),
