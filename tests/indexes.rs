@@ -46,6 +46,16 @@ fn sidecars(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+fn compact(server: &Server, table: &str) -> Resp {
+    send(
+        "POST",
+        &server.url(&format!("/v1/tables/{table}/compact")),
+        Some(ADMIN_KEY),
+        None,
+        None,
+    )
+}
+
 fn files(server: &Server, table: &str) -> Value {
     send(
         "GET",
@@ -154,13 +164,7 @@ fn sidecars_prune_append_tables_and_survive_compaction() {
     assert_eq!(v["explain"]["files_pruned_by_index"], 8, "{v}");
 
     // Compaction writes one file with a rebuilt sidecar; the replaced ones go with their files.
-    let r = send(
-        "POST",
-        &server.url("/v1/tables/clicks/compact"),
-        Some(ADMIN_KEY),
-        None,
-        None,
-    );
+    let r = compact(&server, "clicks");
     assert_eq!(r.status, 200, "{r:?}");
     let listed = files(&server, "clicks");
     let live = listed["files"].as_array().unwrap();
@@ -280,13 +284,7 @@ fn upsert_tables_resolve_versions_found_through_the_index() {
     let server = Server::start(dir.path(), &[("ALLUVIUM_COMPACTION__INTERVAL", "0s")]);
     check(&server, "paid");
     flush(&server, ADMIN_KEY, "orders");
-    let r = send(
-        "POST",
-        &server.url("/v1/tables/orders/compact"),
-        Some(ADMIN_KEY),
-        None,
-        None,
-    );
+    let r = compact(&server, "orders");
     assert_eq!(r.status, 200, "{r:?}");
     for s in ["new", "paid", "shipped", "cancelled"] {
         check(&server, s);
@@ -323,13 +321,7 @@ fn an_index_declared_later_covers_new_and_compacted_files() {
     );
     assert_eq!(v["rows"].as_array().unwrap().len(), 50);
     assert_eq!(v["explain"]["files_pruned_by_index"], 1, "{v}");
-    let r = send(
-        "POST",
-        &server.url("/v1/tables/late/compact"),
-        Some(ADMIN_KEY),
-        None,
-        None,
-    );
+    let r = compact(&server, "late");
     assert_eq!(r.status, 200, "{r:?}");
     let listed = files(&server, "late");
     assert_eq!(listed["files"][0]["index"]["columns"], json!(["user"]));

@@ -112,13 +112,7 @@ fn additive_versions_read_every_older_row_in_the_newest_shape() {
         (4, json!(5_000_000_000i64), json!(0.1), json!("new")),
     ];
     assert_eq!(by_id(&query_all(&server, ADMIN_KEY, "t", &json!({}))), want);
-    let r = send(
-        "GET",
-        &server.url("/v1/tables/t/rows/1"),
-        Some(ADMIN_KEY),
-        None,
-        None,
-    );
+    let r = get(&server, "/v1/tables/t/rows/1");
     assert_eq!(r.json()["note"], Value::Null);
     assert_eq!(r.json()["n"], 10);
     // A filter on a widened column prunes and matches old files by their widened values.
@@ -155,26 +149,13 @@ fn additive_versions_read_every_older_row_in_the_newest_shape() {
         None,
     );
     assert_eq!(r.status, 200, "{r:?}");
-    let files = send(
-        "GET",
-        &server.url("/v1/tables/t/files"),
-        Some(ADMIN_KEY),
-        None,
-        None,
-    )
-    .json();
+    let files = get(&server, "/v1/tables/t/files").json();
     let live = files["files"].as_array().unwrap();
     assert_eq!(live.len(), 1, "{files}");
     assert_eq!(live[0]["schema_version"], 2);
     assert_eq!(by_id(&query_all(&server, ADMIN_KEY, "t", &json!({}))), want);
     // Older versions still read as they were.
-    let r = send(
-        "GET",
-        &server.url("/v1/tables/t"),
-        Some(ADMIN_KEY),
-        None,
-        None,
-    );
+    let r = get(&server, "/v1/tables/t");
     assert_eq!(r.json()["schema_version"], 2);
 }
 
@@ -221,13 +202,7 @@ fn incompatible_changes_and_strict_tables_are_refused_precisely() {
         let detail = r.json()["detail"].as_str().unwrap().to_string();
         assert!(detail.contains(want), "{detail} lacks {want}");
     }
-    let r = send(
-        "GET",
-        &server.url("/v1/tables/t"),
-        Some(ADMIN_KEY),
-        None,
-        None,
-    );
+    let r = get(&server, "/v1/tables/t");
     assert_eq!(r.json()["schema_version"], 1, "nothing changed");
 
     let mut strict = v1();
@@ -261,14 +236,7 @@ fn infer_tables_are_created_and_evolved_from_data() {
         &json!([{"a": 1, "b": "x", "c": null}, {"a": 2, "tags": ["p", "q"]}]),
     );
     assert_eq!(r.status, 200, "{r:?}");
-    let t = send(
-        "GET",
-        &server.url("/v1/tables/auto"),
-        Some(ADMIN_KEY),
-        None,
-        None,
-    )
-    .json();
+    let t = get(&server, "/v1/tables/auto").json();
     assert_eq!(t["evolution"], "infer");
     assert_eq!(
         t["fields"],
@@ -290,14 +258,7 @@ fn infer_tables_are_created_and_evolved_from_data() {
         &json!({"a": 3, "ok": true, "c": null}),
     );
     assert_eq!(r.status, 200, "{r:?}");
-    let t = send(
-        "GET",
-        &server.url("/v1/tables/auto"),
-        Some(ADMIN_KEY),
-        None,
-        None,
-    )
-    .json();
+    let t = get(&server, "/v1/tables/auto").json();
     assert_eq!(t["schema_version"], 2);
     let rows = query_all(&server, ADMIN_KEY, "auto", &json!({"columns": ["a", "ok"]}));
     assert_eq!(
@@ -311,13 +272,7 @@ fn infer_tables_are_created_and_evolved_from_data() {
     // Objects have no inferred type.
     let r = ingest(&server, ADMIN_KEY, "other", &json!({"o": {"k": 1}}));
     assert_eq!((r.status, r.code().as_str()), (400, "cannot_infer"));
-    let r = send(
-        "GET",
-        &server.url("/v1/tables/other"),
-        Some(ADMIN_KEY),
-        None,
-        None,
-    );
+    let r = get(&server, "/v1/tables/other");
     assert_eq!(r.status, 404, "a refused batch creates nothing");
 
     // Without the setting, unknown tables stay unknown.

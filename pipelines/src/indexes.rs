@@ -14,10 +14,13 @@ use alluvium_actors::row::Value;
 use alluvium_actors::schema::TableSchema;
 use alluvium_actors::schema::arrow::key_value_at;
 use alluvium_actors::storage::index::FileIndex;
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::SchemaRef;
 use object_store::path::Path as ObjectPath;
 
-use crate::Node;
 use crate::filter::Filter;
+use crate::scan::{FileScan, ScanStats};
+use crate::{Node, PipelineError};
 
 /// Decoded sidecars kept in memory at most (their [`FileIndex::memory_size`]).
 const CACHE_BYTES: usize = 256 << 20;
@@ -82,12 +85,43 @@ fn probes(filter: &Filter, column: &str) -> Option<Vec<Vec<u8>>> {
     Some(out)
 }
 
-/// Whether `filter` pins an indexed column of `schema` to values (so sidecars can prune).
-pub fn usable(filter: &Filter, schema: &TableSchema) -> bool {
-    schema
-        .indexes
-        .iter()
-        .any(|c| filter.required_values(c).is_some())
+/// Most keys the secondary index may find for an upsert table's query before the query reads
+/// every file instead (the keys' versions are then looked up one by one through key ranges and
+/// bloom filters, which pays only for a selective filter).
+const MAX_INDEX_CANDIDATES: usize = 10_000;
+
+/// The distinct values of the first column of `batches` (the key column `key_col`), or `None`
+/// when a value is not a key type.
+fn distinct_keys(
+    batches: &[RecordBatch],
+    full: &SchemaRef,
+    key_col: &str,
+) -> Result<Option<arrow::array::ArrayRef>, PipelineError> {
+    let err = |e: arrow::error::ArrowError| PipelineError::Unavailable(e.to_string());
+    let ty = full.field_with_name(key_col).map_err(err)?.data_type();
+    let refs: Vec<&dyn arrow::array::Array> =
+        batches.iter().map(|b| b.column(0).as_ref()).collect();
+    let all = if refs.is_empty() {
+        return Ok(Some(arrow::array::new_empty_array(ty)));
+    } else {
+        arrow::compute::concat(&refs).map_err(err)?
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut keep = Vec::new();
+    for i in 0..all.len() {
+        let Some(v) = key_value_at(all.as_ref(), i) else {
+            return Ok(None);
+        };
+        let mut enc = Vec::new();
+        encode_key_value(&v, &mut enc);
+        if seen.insert(enc) {
+            keep.push(i as u32);
+        }
+    }
+    let idx = arrow::array::UInt32Array::from(keep);
+    Ok(Some(
+        arrow::compute::take(all.as_ref(), &idx, None).map_err(err)?,
+    ))
 }
 
 impl Node {
@@ -151,5 +185,56 @@ impl Node {
             Some(g) if g.is_empty() => Verdict::Skip,
             Some(g) => Verdict::RowGroups(g),
         }
+    }
+
+    /// For an upsert table whose filter pins indexed columns: the distinct keys of the file
+    /// rows matching those conditions, found through the sidecars. Reading only these keys'
+    /// versions (and every memtable row) loses nothing: a key whose newest version matches has
+    /// that version in a memtable or in a file row found here. `None` when no index applies
+    /// or the keys are too many for that to pay.
+    pub(crate) async fn index_candidates(
+        &self,
+        files: &[Arc<DataFile>],
+        filter: &Filter,
+        schema: &TableSchema,
+        target: &SchemaRef,
+        key_col: &str,
+        stats: &mut ScanStats,
+    ) -> Result<Option<ArrayRef>, PipelineError> {
+        let on_index: Vec<String> = schema
+            .indexes
+            .iter()
+            .filter(|c| filter.required_values(c).is_some())
+            .cloned()
+            .collect();
+        if on_index.is_empty() {
+            return Ok(None);
+        }
+        let narrow = filter.restrict(&on_index);
+        // The key first, then what the narrowed filter reads.
+        let mut want = vec![key_col.to_string()];
+        want.extend(on_index.iter().filter(|c| *c != key_col).cloned());
+        let scan = FileScan {
+            schema,
+            target,
+            prune: &narrow,
+            fetch: &want,
+            filter: Some(&narrow),
+            bloom: &[],
+        };
+        // Rows (versions) are capped too, so a value matching most of the table stops early.
+        let max_rows = 4 * MAX_INDEX_CANDIDATES;
+        let mut lookup = ScanStats::default();
+        let found = self.scan_files(files, &scan, max_rows, &mut lookup).await?;
+        stats.files_pruned_by_index += lookup.files_pruned_by_index;
+        stats.row_groups_pruned_by_index += lookup.row_groups_pruned_by_index;
+        stats.index_rows_decoded = Some(lookup.rows_decoded);
+        if found.iter().map(RecordBatch::num_rows).sum::<usize>() >= max_rows {
+            return Ok(None);
+        }
+        let keys =
+            distinct_keys(&found, target, key_col)?.filter(|k| k.len() <= MAX_INDEX_CANDIDATES);
+        stats.index_candidate_keys = keys.as_ref().map(|k| k.len() as u64);
+        Ok(keys)
     }
 }

@@ -26,12 +26,10 @@ use arrow::compute::{
     take_record_batch,
 };
 use arrow::datatypes::SchemaRef;
-use object_store::path::Path as ObjectPath;
 use serde::Deserialize;
 
 use crate::filter::{Filter, FilterSpec};
-use crate::indexes::{self, Verdict};
-use crate::scan::{ScanStats, file_may_match, read_file};
+use crate::scan::{FileScan, ScanStats};
 use crate::{Node, PipelineError};
 
 /// A read request: which columns, how many rows.
@@ -313,56 +311,21 @@ impl Node {
             files_total: files.len(),
             ..ScanStats::default()
         };
-        // Upsert tables whose filter pins an indexed column: the sidecars find the keys of file
-        // rows that match on it, and only those keys' versions are read (with every memtable
-        // row) and resolved. A key whose newest version matches is among them: that version
-        // is in the memtable or in a file row the index finds.
+        // Upsert tables whose filter pins an indexed column read only the versions of the keys
+        // the index finds (see `index_candidates`).
         let mut prune = prune;
         if let (Some(f), [key_col]) = (&filter, key.as_slice())
-            && indexes::usable(f, &schema)
+            && let Some(values) = self
+                .index_candidates(&files, f, &schema, &full, key_col, &mut stats)
+                .await?
         {
-            let on_index: Vec<String> = schema
-                .indexes
-                .iter()
-                .filter(|c| f.required_values(c).is_some())
-                .cloned()
-                .collect();
-            let narrow = f.restrict(&on_index);
-            // The key first, then what the narrowed filter reads.
-            let mut want = vec![key_col.clone()];
-            want.extend(on_index.iter().filter(|c| *c != key_col).cloned());
-            let scan = FileScan {
-                schema: &schema,
-                target: &full,
-                prune: &narrow,
-                fetch: &want,
-                filter: Some(&narrow),
-                bloom: &[],
-            };
-            // Rows (versions) are capped too, so a value matching most of the table stops early.
-            let mut lookup = ScanStats::default();
-            let found = self
-                .scan_files(&files, &scan, 4 * MAX_INDEX_CANDIDATES, &mut lookup)
-                .await?;
-            stats.files_pruned_by_index += lookup.files_pruned_by_index;
-            stats.row_groups_pruned_by_index += lookup.row_groups_pruned_by_index;
-            stats.index_rows_decoded = Some(lookup.rows_decoded);
-            let rows: usize = found.iter().map(RecordBatch::num_rows).sum();
-            let keys = if rows < 4 * MAX_INDEX_CANDIDATES {
-                distinct_keys(&found, &full, key_col)?
-            } else {
-                None
-            };
-            if let Some(values) = keys.filter(|k| k.len() <= MAX_INDEX_CANDIDATES) {
-                stats.index_candidate_keys = Some(values.len() as u64);
-                prune = Filter::And(vec![
-                    prune,
-                    Filter::In {
-                        column: key_col.clone(),
-                        values,
-                    },
-                ]);
-            }
+            prune = Filter::And(vec![
+                prune,
+                Filter::In {
+                    column: key_col.clone(),
+                    values,
+                },
+            ]);
         }
         // Append tables filter as they read; upsert tables after resolving.
         let early_filter = if upsert { None } else { filter.clone() };
@@ -445,134 +408,6 @@ impl Node {
             catalog_version,
             stats,
         })
-    }
-}
-
-/// Most keys the secondary index may find for an upsert table's query before the query reads
-/// every file instead (the keys' versions are then looked up one by one through key ranges and
-/// bloom filters, which pays only for a selective filter).
-const MAX_INDEX_CANDIDATES: usize = 10_000;
-
-/// The distinct values of the first column of `batches` (the key column `key_col`), or `None`
-/// when a value is not a key type.
-fn distinct_keys(
-    batches: &[RecordBatch],
-    full: &SchemaRef,
-    key_col: &str,
-) -> Result<Option<arrow::array::ArrayRef>, PipelineError> {
-    let err = |e: arrow::error::ArrowError| PipelineError::Unavailable(e.to_string());
-    let ty = full.field_with_name(key_col).map_err(err)?.data_type();
-    let refs: Vec<&dyn arrow::array::Array> =
-        batches.iter().map(|b| b.column(0).as_ref()).collect();
-    let all = if refs.is_empty() {
-        return Ok(Some(arrow::array::new_empty_array(ty)));
-    } else {
-        arrow::compute::concat(&refs).map_err(err)?
-    };
-    let mut seen = std::collections::HashSet::new();
-    let mut keep = Vec::new();
-    for i in 0..all.len() {
-        let Some(v) = alluvium_actors::schema::arrow::key_value_at(all.as_ref(), i) else {
-            return Ok(None);
-        };
-        let mut enc = Vec::new();
-        alluvium_actors::memtable::keys::encode_key_value(&v, &mut enc);
-        if seen.insert(enc) {
-            keep.push(i as u32);
-        }
-    }
-    let idx = arrow::array::UInt32Array::from(keep);
-    Ok(Some(
-        arrow::compute::take(all.as_ref(), &idx, None).map_err(err)?,
-    ))
-}
-
-/// What one pass over a snapshot's files reads.
-struct FileScan<'a> {
-    schema: &'a TableSchema,
-    /// The table's current Arrow schema: rows come out in its shape.
-    target: &'a SchemaRef,
-    /// What may prune files, row groups and pages.
-    prune: &'a Filter,
-    /// Columns to read.
-    fetch: &'a [String],
-    /// Rows to keep, when filtering while reading.
-    filter: Option<&'a Filter>,
-    /// Columns whose bloom filters may be checked.
-    bloom: &'a [String],
-}
-
-impl Node {
-    /// Reads the files of a snapshot that may match `scan.prune` (judged by the catalog's
-    /// ranges, the secondary indexes, statistics, bloom filters and page indexes), keeping
-    /// `scan.fetch` of the rows `scan.filter` accepts, until `limit` rows are collected.
-    async fn scan_files(
-        &self,
-        files: &[Arc<DataFile>],
-        scan: &FileScan<'_>,
-        limit: usize,
-        stats: &mut ScanStats,
-    ) -> Result<Vec<RecordBatch>, PipelineError> {
-        let mut batches = Vec::new();
-        let mut rows = 0usize;
-        for file in files {
-            if rows >= limit {
-                break;
-            }
-            if !file_may_match(file, scan.prune, scan.schema) {
-                stats.files_pruned += 1;
-                continue;
-            }
-            let groups = match self.index_verdict(file, scan.prune, scan.schema).await {
-                Verdict::Skip => {
-                    stats.files_pruned_by_index += 1;
-                    continue;
-                }
-                Verdict::RowGroups(g) => Some(g),
-                Verdict::Unknown => None,
-            };
-            let bytes = self
-                .storage
-                .get(&ObjectPath::from(file.path.as_str()))
-                .await?;
-            let path = file.path.clone();
-            let want = scan.fetch.to_vec();
-            let (p, f, bloom) = (
-                scan.prune.clone(),
-                scan.filter.cloned(),
-                scan.bloom.to_vec(),
-            );
-            let target = scan.target.clone();
-            let mut file_stats = ScanStats::default();
-            let (decoded, file_stats) = tokio::task::spawn_blocking(move || {
-                let batches = read_file(
-                    bytes,
-                    &path,
-                    &p,
-                    &want,
-                    &target,
-                    &bloom,
-                    groups.as_deref(),
-                    &mut file_stats,
-                )?;
-                let mut out = Vec::with_capacity(batches.len());
-                for b in batches {
-                    let b = project(&b, &want)?;
-                    out.push(match &f {
-                        Some(f) => apply(f, &b)?,
-                        None => b,
-                    });
-                }
-                Ok::<_, PipelineError>((out, file_stats))
-            })
-            .await
-            .map_err(|e| PipelineError::Unavailable(format!("file decoding task failed: {e}")))??;
-            stats.add(&file_stats);
-            for b in decoded {
-                rows = push_limited(&mut batches, b, rows, limit);
-            }
-        }
-        Ok(batches)
     }
 }
 
@@ -672,7 +507,7 @@ fn order_columns(
 }
 
 /// Keeps the rows of `batch` the filter holds for.
-fn apply(filter: &Filter, batch: &RecordBatch) -> Result<RecordBatch, PipelineError> {
+pub(crate) fn apply(filter: &Filter, batch: &RecordBatch) -> Result<RecordBatch, PipelineError> {
     let mask = filter.evaluate(batch)?;
     filter_record_batch(batch, &mask)
         .map_err(|e| PipelineError::Unavailable(format!("filter: {e}")))
@@ -705,7 +540,7 @@ fn sort(
     take_record_batch(&batch, &indices).map_err(err)
 }
 
-fn push_limited(
+pub(crate) fn push_limited(
     batches: &mut Vec<RecordBatch>,
     batch: RecordBatch,
     rows: usize,

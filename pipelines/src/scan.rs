@@ -16,6 +16,7 @@ use arrow::datatypes::{
     TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt64Type,
 };
 use bytes::Bytes;
+use object_store::path::Path as ObjectPath;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 use parquet::arrow::arrow_reader::{
@@ -25,8 +26,10 @@ use parquet::bloom_filter::Sbbf;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
 use serde::Serialize;
 
-use crate::PipelineError;
 use crate::filter::{ColumnStats, Filter, scalar_of};
+use crate::indexes::Verdict;
+use crate::query::{apply, project, push_limited};
+use crate::{Node, PipelineError};
 
 /// Rows per decoded batch.
 const BATCH_ROWS: usize = 8192;
@@ -413,4 +416,93 @@ pub fn read_file(
         .collect::<Result<Vec<_>, _>>()?;
     stats.rows_decoded += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
     Ok(batches)
+}
+
+/// What one pass over a snapshot's files reads.
+pub(crate) struct FileScan<'a> {
+    pub(crate) schema: &'a TableSchema,
+    /// The table's current Arrow schema: rows come out in its shape.
+    pub(crate) target: &'a SchemaRef,
+    /// What may prune files, row groups and pages.
+    pub(crate) prune: &'a Filter,
+    /// Columns to read.
+    pub(crate) fetch: &'a [String],
+    /// Rows to keep, when filtering while reading.
+    pub(crate) filter: Option<&'a Filter>,
+    /// Columns whose bloom filters may be checked.
+    pub(crate) bloom: &'a [String],
+}
+
+impl Node {
+    /// Reads the files of a snapshot that may match `scan.prune` (judged by the catalog's
+    /// ranges, the secondary indexes, statistics, bloom filters and page indexes), keeping
+    /// `scan.fetch` of the rows `scan.filter` accepts, until `limit` rows are collected.
+    pub(crate) async fn scan_files(
+        &self,
+        files: &[Arc<DataFile>],
+        scan: &FileScan<'_>,
+        limit: usize,
+        stats: &mut ScanStats,
+    ) -> Result<Vec<RecordBatch>, PipelineError> {
+        let mut batches = Vec::new();
+        let mut rows = 0usize;
+        for file in files {
+            if rows >= limit {
+                break;
+            }
+            if !file_may_match(file, scan.prune, scan.schema) {
+                stats.files_pruned += 1;
+                continue;
+            }
+            let groups = match self.index_verdict(file, scan.prune, scan.schema).await {
+                Verdict::Skip => {
+                    stats.files_pruned_by_index += 1;
+                    continue;
+                }
+                Verdict::RowGroups(g) => Some(g),
+                Verdict::Unknown => None,
+            };
+            let bytes = self
+                .storage
+                .get(&ObjectPath::from(file.path.as_str()))
+                .await?;
+            let path = file.path.clone();
+            let want = scan.fetch.to_vec();
+            let (p, f, bloom) = (
+                scan.prune.clone(),
+                scan.filter.cloned(),
+                scan.bloom.to_vec(),
+            );
+            let target = scan.target.clone();
+            let mut file_stats = ScanStats::default();
+            let (decoded, file_stats) = tokio::task::spawn_blocking(move || {
+                let batches = read_file(
+                    bytes,
+                    &path,
+                    &p,
+                    &want,
+                    &target,
+                    &bloom,
+                    groups.as_deref(),
+                    &mut file_stats,
+                )?;
+                let mut out = Vec::with_capacity(batches.len());
+                for b in batches {
+                    let b = project(&b, &want)?;
+                    out.push(match &f {
+                        Some(f) => apply(f, &b)?,
+                        None => b,
+                    });
+                }
+                Ok::<_, PipelineError>((out, file_stats))
+            })
+            .await
+            .map_err(|e| PipelineError::Unavailable(format!("file decoding task failed: {e}")))??;
+            stats.add(&file_stats);
+            for b in decoded {
+                rows = push_limited(&mut batches, b, rows, limit);
+            }
+        }
+        Ok(batches)
+    }
 }

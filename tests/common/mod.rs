@@ -215,6 +215,11 @@ pub fn create_table(server: &Server, key: &str, table: &str, schema: &Value) {
     assert!(r.status == 201 || r.status == 200, "create table: {r:?}");
 }
 
+/// `GET path` with the admin key.
+pub fn get(server: &Server, path: &str) -> Resp {
+    send("GET", &server.url(path), Some(ADMIN_KEY), None, None)
+}
+
 /// `POST /v1/tables/{table}/events` with a JSON body.
 pub fn ingest(server: &Server, key: &str, table: &str, body: &Value) -> Resp {
     send(
