@@ -1,6 +1,7 @@
 //! Reading committed files with pruning: whole files by the statistics the catalog keeps (time
-//! range, key range), row groups by Parquet statistics and by bloom filters. What was pruned
-//! and read is counted for `explain`.
+//! range, key range) and by their secondary index sidecars, row groups by the sidecars, Parquet
+//! statistics and bloom filters, pages by the page index. What was pruned and read is counted
+//! for `explain`.
 
 use alluvium_actors::catalog::DataFile;
 use alluvium_actors::flush::hex;
