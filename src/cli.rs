@@ -63,6 +63,10 @@ struct ServeArgs {
     /// Address to listen on (overrides `server.listen`). Default: 127.0.0.1:8080
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// NATS server URL(s), comma separated (overrides `nats.url`): enables ingest from NATS
+    /// subjects and commit events on JetStream. Default: no NATS.
+    #[arg(long)]
+    nats_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,6 +124,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let _guard = crate::telemetry::init("info", &config.telemetry)?;
             if let Some(listen) = args.listen {
                 config.server.listen = listen;
+            }
+            if let Some(url) = args.nats_url {
+                config.nats.url = Some(url);
             }
             crate::server::serve(config)?;
             Ok(ExitCode::SUCCESS)

@@ -83,9 +83,10 @@ impl FromStr for HumanDuration {
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.saturating_mul(60)),
             "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86_400)),
             other => {
                 return Err(format!(
-                    "invalid duration unit {other:?} in {s:?}: use ms, s, m or h"
+                    "invalid duration unit {other:?} in {s:?}: use ms, s, m, h or d"
                 ));
             }
         };
@@ -134,6 +135,8 @@ pub struct Config {
     pub auth: AuthSection,
     /// Trace export.
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// NATS: ingest subjects, commit events and rejects. Off unless `url` is set.
+    pub nats: NatsSection,
 }
 
 impl Default for Config {
@@ -147,6 +150,7 @@ impl Default for Config {
             ingest: IngestSection::default(),
             auth: AuthSection::default(),
             telemetry: crate::telemetry::TelemetryConfig::default(),
+            nats: NatsSection::default(),
         }
     }
 }
@@ -273,6 +277,12 @@ pub struct IngestSection {
     /// from the batch and evolution mode `infer` (otherwise it is refused with 404). Default:
     /// false.
     pub infer_new_tables: bool,
+    /// How long an idempotency key (HTTP `Idempotency-Key`, NATS `Idempotency-Key` or
+    /// `Nats-Msg-Id`) is remembered: a retry within it is answered with the first batch's
+    /// sequences and stored nothing. Survives restarts. Default: `15m`.
+    pub idempotency_window: HumanDuration,
+    /// Most idempotency keys remembered; the oldest are forgotten first. Default: 1000000.
+    pub idempotency_max_keys: usize,
 }
 
 impl Default for IngestSection {
@@ -282,6 +292,56 @@ impl Default for IngestSection {
             max_depth: 32,
             durability: Default::default(),
             infer_new_tables: false,
+            idempotency_window: HumanDuration(Duration::from_secs(15 * 60)),
+            idempotency_max_keys: 1_000_000,
+        }
+    }
+}
+
+/// `[nats]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSection {
+    /// Server URLs, comma separated (`nats://127.0.0.1:4222`). Default: none (no NATS; the
+    /// flag `--nats-url` sets it).
+    pub url: Option<String>,
+    /// Subject prefix: `{prefix}.ingest.{tenant}.{table}`, `{prefix}.events...`,
+    /// `{prefix}.rejects...`. Default: `alluvium`.
+    pub prefix: String,
+    /// Token for servers that require one. Default: none.
+    pub token: Option<String>,
+    /// Whether this node subscribes to the ingest subjects. Default: true.
+    pub ingest: bool,
+    /// Queue group of the ingest subscription (nodes in one group share the messages).
+    /// Default: `alluvium-ingest`.
+    pub queue_group: String,
+    /// Ingest messages handled at once. Default: 1024.
+    pub max_in_flight: usize,
+    /// Whether this node publishes commit events to the `ALLUVIUM_EVENTS` stream. Default:
+    /// true.
+    pub publish_events: bool,
+    /// Replicas of the streams alluvium creates (3 on a cluster). Default: 1.
+    pub stream_replicas: usize,
+    /// How long the event and rejects streams keep messages. Default: `7d`.
+    pub retention: HumanDuration,
+    /// JetStream's duplicate window of the events stream: an event published twice within it
+    /// (same `Nats-Msg-Id`) is stored once. Default: `1h`.
+    pub duplicate_window: HumanDuration,
+}
+
+impl Default for NatsSection {
+    fn default() -> Self {
+        Self {
+            url: None,
+            prefix: "alluvium".into(),
+            token: None,
+            ingest: true,
+            queue_group: "alluvium-ingest".into(),
+            max_in_flight: 1024,
+            publish_events: true,
+            stream_replicas: 1,
+            retention: HumanDuration(Duration::from_secs(7 * 86_400)),
+            duplicate_window: HumanDuration(Duration::from_secs(3600)),
         }
     }
 }
@@ -408,6 +468,21 @@ mod tests {
         );
         assert_eq!(c.memtable.budget, ByteSize(2 << 30));
         assert_eq!(c.ingest.max_depth, 8);
+        assert_eq!(c.nats.url, None);
+        let c = Config::load(
+            None,
+            env(&[
+                ("ALLUVIUM_NATS__URL", "nats://127.0.0.1:4222"),
+                ("ALLUVIUM_INGEST__IDEMPOTENCY_WINDOW", "2m"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.nats.url.as_deref(), Some("nats://127.0.0.1:4222"));
+        assert_eq!(c.nats.prefix, "alluvium");
+        assert_eq!(
+            c.ingest.idempotency_window,
+            HumanDuration(Duration::from_secs(120))
+        );
     }
 
     #[test]
@@ -436,5 +511,9 @@ mod tests {
             HumanDuration(Duration::from_secs(300))
         );
         assert!("5 weeks".parse::<HumanDuration>().is_err());
+        assert_eq!(
+            "7d".parse::<HumanDuration>().unwrap(),
+            HumanDuration(Duration::from_secs(7 * 86_400))
+        );
     }
 }

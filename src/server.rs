@@ -6,7 +6,11 @@ use alluvium_actors::auth::Bootstrap;
 use alluvium_actors::compaction::CompactionConfig;
 use alluvium_actors::memtable::MemtableConfig;
 use alluvium_actors::schema::translate::BatchLimits;
-use alluvium_actors::wal::WalConfig;
+use alluvium_actors::wal::{DedupeConfig, WalConfig};
+use alluvium_nats::NatsConfig;
+use alluvium_nats::jetstream::StreamSettings;
+use alluvium_pipelines::link::{LinkConfig, NatsLink};
+use alluvium_pipelines::sources::nats::NatsIngestConfig;
 use alluvium_pipelines::{Node, NodeConfig};
 use anyhow::Context as _;
 use tracing::Instrument as _;
@@ -43,11 +47,45 @@ pub fn node_config(config: &Config) -> NodeConfig {
             max_depth: config.ingest.max_depth,
         },
         infer_new_tables: config.ingest.infer_new_tables,
+        dedupe: DedupeConfig {
+            window: config.ingest.idempotency_window.0,
+            max_keys: config.ingest.idempotency_max_keys.max(1),
+        },
         jwt: config.auth.jwt.clone(),
         bootstrap_key: std::env::var("ALLUVIUM_BOOTSTRAP_KEY")
             .ok()
             .filter(|k| !k.is_empty()),
     }
+}
+
+/// The NATS link a [`Config`] describes, if it names a NATS URL.
+pub fn link_config(config: &Config) -> Option<LinkConfig> {
+    let n = &config.nats;
+    let url = n.url.clone().filter(|u| !u.trim().is_empty())?;
+    Some(LinkConfig {
+        connection: NatsConfig {
+            url,
+            name: "alluvium".into(),
+            token: n.token.clone(),
+            ..NatsConfig::default()
+        },
+        prefix: n.prefix.clone(),
+        streams: StreamSettings {
+            replicas: n.stream_replicas.max(1),
+            events_max_age: n.retention.0,
+            rejects_max_age: n.retention.0,
+            duplicate_window: n.duplicate_window.0,
+        },
+        ingest: n.ingest.then(|| NatsIngestConfig {
+            queue_group: n.queue_group.clone(),
+            max_in_flight: n.max_in_flight.max(1),
+            default_durability: config.ingest.durability,
+        }),
+        publish_events: n
+            .publish_events
+            .then(|| config.data_dir.join("notify").join("nats.cursor")),
+        rejects_capacity: 10_000,
+    })
 }
 
 /// Runs a standalone node until SIGINT/SIGTERM.
@@ -73,8 +111,20 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             }
             Bootstrap::AlreadyHasKeys => {}
         }
+        let nats = match link_config(&config) {
+            Some(link) => {
+                let url = link.connection.url.clone();
+                Some(
+                    NatsLink::start(&node, link)
+                        .await
+                        .with_context(|| format!("cannot start the NATS link to {url}"))?,
+                )
+            }
+            None => None,
+        };
         let state = AppState {
             node,
+            nats,
             body_limit: config.server.body_limit.0 as usize,
             metrics: Metrics::default(),
             default_durability: config.ingest.durability,

@@ -116,6 +116,7 @@ fn wal_append(c: &mut Criterion) {
                             first_seq: first + (r * rows_per_record) as u64,
                             ingested_at_us: TS0 * 1000,
                             rows: template.clone(),
+                            idempotency_key: None,
                         })
                         .collect::<Vec<_>>()
                 },

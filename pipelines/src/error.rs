@@ -9,6 +9,7 @@ use alluvium_actors::ids::NameError;
 use alluvium_actors::schema::error::SchemaError;
 use alluvium_actors::storage::StorageError;
 use alluvium_actors::wal::WalError;
+use serde::Serialize;
 
 /// What went wrong in a pipeline operation. The HTTP layer maps each to a status and a code.
 #[derive(Debug, thiserror::Error)]
@@ -72,5 +73,122 @@ pub enum PipelineError {
 impl From<actix::MailboxError> for PipelineError {
     fn from(e: actix::MailboxError) -> Self {
         PipelineError::Unavailable(e.to_string())
+    }
+}
+
+/// An error as RFC 9457 problem details with a stable `code`: the body of HTTP error responses
+/// and of NATS error replies alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// `urn:alluvium:problem:{code}`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The status's reason phrase.
+    pub title: &'static str,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong, precisely.
+    pub detail: String,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+}
+
+impl Problem {
+    /// A problem with this status, code and detail.
+    pub fn new(status: u16, code: &'static str, detail: String) -> Problem {
+        Problem {
+            kind: format!("urn:alluvium:problem:{code}"),
+            title: reason_phrase(status),
+            status,
+            detail,
+            code,
+        }
+    }
+}
+
+/// The reason phrase of the statuses alluvium answers with.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        409 => "Conflict",
+        410 => "Gone",
+        413 => "Payload Too Large",
+        415 => "Unsupported Media Type",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+impl PipelineError {
+    /// The HTTP status and the stable code of this error.
+    pub fn status_and_code(&self) -> (u16, &'static str) {
+        use PipelineError as P;
+        match self {
+            P::Auth(e) => {
+                let status = if e.is_unauthenticated() {
+                    401
+                } else {
+                    match e {
+                        AuthError::Forbidden { .. } => 403,
+                        AuthError::InvalidKeyRequest { .. } => 400,
+                        _ => 500,
+                    }
+                };
+                (status, e.code())
+            }
+            P::Name(_) => (400, "invalid_name"),
+            P::Schema(e) => {
+                let status = match e {
+                    SchemaError::UnknownTable { .. } => 404,
+                    SchemaError::TableExists { .. } | SchemaError::SchemaChange { .. } => 409,
+                    SchemaError::TooManyRows { .. } => 413,
+                    SchemaError::Catalog(_) => 503,
+                    e if e.is_client_error() => 400,
+                    _ => 500,
+                };
+                (status, e.code())
+            }
+            P::Wal(e) => match e {
+                WalError::RecordTooLarge { .. } => (413, "batch_too_large"),
+                WalError::Poisoned { .. } => (503, "wal_poisoned"),
+                _ => (503, "wal_unavailable"),
+            },
+            P::Flush(_) => (503, "flush_failed"),
+            P::Compaction(e) => match e {
+                CompactionError::Busy(_) => (409, "compaction_running"),
+                CompactionError::TableNotFound(_) => (404, "table_not_found"),
+                _ => (503, "compaction_failed"),
+            },
+            P::VersionUnavailable(_) => (410, "version_unavailable"),
+            P::Storage(_) => (500, "storage_error"),
+            P::Overloaded { .. } => (429, "overloaded"),
+            P::UnknownColumn(_) => (400, "unknown_column"),
+            P::InvalidFilter(_) => (400, "invalid_filter"),
+            P::InvalidQuery(_) => (400, "invalid_query"),
+            P::InvalidKey(_) => (400, "invalid_key"),
+            P::RowNotFound(_) => (404, "row_not_found"),
+            P::Unavailable(_) => (503, "unavailable"),
+        }
+    }
+
+    /// How long a client should wait before retrying, for errors that pass.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            PipelineError::Overloaded { retry_after, .. } => Some(*retry_after),
+            PipelineError::Unavailable(_) => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    /// The problem document of this error.
+    pub fn problem(&self) -> Problem {
+        let (status, code) = self.status_and_code();
+        Problem::new(status, code, self.to_string())
     }
 }

@@ -14,7 +14,7 @@ use alluvium_actors::schema::messages::{
 };
 use alluvium_actors::schema::translate::BodyFormat;
 use alluvium_actors::schema::{FieldType, TableSchema};
-use alluvium_actors::wal::messages::{Append, Durability};
+use alluvium_actors::wal::messages::{Append, Durability, Durable, LookupKey};
 use bytes::Bytes;
 use serde::Serialize;
 
@@ -32,6 +32,67 @@ pub struct IngestAck {
     /// Durability reached: `wal` (in the write-ahead log, fdatasync returned) or `received`
     /// (validated and sequenced, not yet on disk) when the request asked for no more.
     pub durability: &'static str,
+    /// Present (and `true`) when this answers a retry: an earlier batch with the same
+    /// idempotency key was stored, and this one was not stored again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+impl IngestAck {
+    fn from_durable(d: Durable, durability: Durability) -> IngestAck {
+        IngestAck {
+            accepted: (d.last_seq + 1).saturating_sub(d.first_seq) as usize,
+            first_seq: d.first_seq,
+            last_seq: d.last_seq,
+            // A duplicate's first batch was answered only once durable (or is durable by now:
+            // the index remembers keys only after their group's fsync).
+            durability: if d.duplicate {
+                Durability::Wal.as_str()
+            } else {
+                durability.as_str()
+            },
+            duplicate: d.duplicate,
+        }
+    }
+}
+
+/// Where a batch came from (for rejects and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `POST /v1/tables/{table}/events`.
+    Http,
+    /// A NATS ingest subject.
+    Nats,
+    /// `alluvium rejects replay`.
+    Replay,
+}
+
+impl Source {
+    /// Its name in rejects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Http => "http",
+            Source::Nats => "nats",
+            Source::Replay => "replay",
+        }
+    }
+}
+
+/// One batch to ingest, with everything that shapes its handling.
+#[derive(Debug, Clone)]
+pub struct IngestRequest {
+    /// The table, a name within the principal's tenant.
+    pub table: String,
+    /// The events.
+    pub body: Bytes,
+    /// How the body is framed.
+    pub format: BodyFormat,
+    /// When to answer.
+    pub durability: Durability,
+    /// A producer's idempotency key (already checked for length and characters).
+    pub idempotency_key: Option<String>,
+    /// Where it came from.
+    pub source: Source,
 }
 
 impl Node {
@@ -62,18 +123,53 @@ impl Node {
         format: BodyFormat,
         durability: Durability,
     ) -> Result<IngestAck, PipelineError> {
+        let request = IngestRequest {
+            table: table.to_string(),
+            body,
+            format,
+            durability,
+            idempotency_key: None,
+            source: Source::Http,
+        };
+        self.ingest_batch(principal, request).await
+    }
+
+    /// [`Node::ingest`] with every option: a batch with an idempotency key seen within the
+    /// window is answered with the first batch's sequences (`duplicate: true`) and not stored
+    /// again. A batch that fails validation is also handed to the rejects sink, if one is set.
+    pub async fn ingest_batch(
+        &self,
+        principal: &Principal,
+        request: IngestRequest,
+    ) -> Result<IngestAck, PipelineError> {
         principal.require(Scope::Ingest)?;
-        let table = Self::table_ref(principal, table)?;
+        let table = Self::table_ref(principal, &request.table)?;
+        if let Some(key) = &request.idempotency_key {
+            let lookup = LookupKey {
+                table: table.clone(),
+                key: key.clone(),
+            };
+            if let Some(durable) = self.wal.send(lookup).await? {
+                return Ok(IngestAck::from_durable(durable, request.durability));
+            }
+        }
         self.check_budget()?;
-        let validated = self
+        let validated = match self
             .schema
             .send(Validate {
                 table: table.clone(),
-                body,
-                format,
+                body: request.body.clone(),
+                format: request.format,
             })
-            .await??;
-        let accepted = validated.rows.len();
+            .await?
+        {
+            Ok(v) => v,
+            Err(e) => {
+                let e = PipelineError::Schema(e);
+                self.reject(&table, &request, &e);
+                return Err(e);
+            }
+        };
         let durable = self
             .wal
             .send(Append {
@@ -81,15 +177,11 @@ impl Node {
                 schema: validated.schema,
                 schema_version: validated.schema_version,
                 rows: validated.rows,
-                durability,
+                durability: request.durability,
+                idempotency_key: request.idempotency_key,
             })
             .await??;
-        Ok(IngestAck {
-            accepted,
-            first_seq: durable.first_seq,
-            last_seq: durable.last_seq,
-            durability: durability.as_str(),
-        })
+        Ok(IngestAck::from_durable(durable, request.durability))
     }
 
     /// Deletes a key of an upsert table (`ingest` scope): appends a tombstone, which hides every
@@ -225,6 +317,44 @@ impl Node {
             })
             .await??)
     }
+}
+
+impl Node {
+    /// Hands a batch that failed validation to the rejects sink, if one is set. Only errors
+    /// about the batch itself (4xx schema errors) are rejects; nothing is sent for failed
+    /// authentication, overload or internal errors.
+    pub(crate) fn reject(&self, table: &TableRef, request: &IngestRequest, error: &PipelineError) {
+        let Some(sink) = self.rejects.get() else {
+            return;
+        };
+        let (status, code) = error.status_and_code();
+        if !(400..500).contains(&status) || request.source == Source::Replay {
+            return;
+        }
+        let (payload, payload_encoding) = alluvium_nats::Reject::encode_payload(&request.body);
+        let reject = alluvium_nats::Reject {
+            tenant: table.tenant.as_str().to_string(),
+            table: table.table.as_str().to_string(),
+            code: code.to_string(),
+            status,
+            reason: error.to_string(),
+            rejected_at: chrono_now(),
+            source: request.source.as_str().to_string(),
+            idempotency_key: request.idempotency_key.clone(),
+            format: match request.format {
+                BodyFormat::Json => "json",
+                BodyFormat::Ndjson => "ndjson",
+            }
+            .to_string(),
+            payload,
+            payload_encoding,
+        };
+        sink.send(reject);
+    }
+}
+
+fn chrono_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// The delete event for `key` of a table with this schema.

@@ -1,6 +1,6 @@
 //! The stages of alluvium and how they are wired.
 //!
-//! - [`ingest`]: the core behind every source (HTTP today, NATS later): authenticate, check the
+//! - [`ingest`]: the core behind every source (HTTP, NATS): authenticate, check the
 //!   table's schema, push back when memory is full, hand the batch to the log, acknowledge.
 //! - [`processing`]: assembles log -> memtable -> flush -> catalog for a standalone node,
 //!   recovering state from disk first.
@@ -9,6 +9,10 @@
 //! - [`filter`]: query filters, evaluated on batches and checked against statistics.
 //! - [`scan`]: reading committed files with pruning by statistics and bloom filters.
 //! - [`indexes`]: pruning files and row groups by their secondary index sidecars.
+//! - [`notification`]: commit events (flushes, compactions, schema versions) for subscribers
+//!   on NATS and server-sent events, and rejected batches.
+//! - [`sources`]: the NATS ingest source; [`link`]: the node's NATS connection, streams and
+//!   the tasks that use them.
 //!
 //! Sources and servers (`alluvium` binary) call into a [`Node`]; they never talk to actors
 //! directly.
@@ -17,10 +21,13 @@ pub mod error;
 pub mod filter;
 pub mod indexes;
 pub mod ingest;
+pub mod link;
 pub mod lookup;
+pub mod notification;
 pub mod processing;
 pub mod query;
 pub mod scan;
+pub mod sources;
 
 pub use error::PipelineError;
 pub use processing::{Node, NodeConfig};

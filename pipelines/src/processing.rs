@@ -25,7 +25,8 @@ use alluvium_actors::schema::actor::SchemaActor;
 use alluvium_actors::schema::translate::BatchLimits;
 use alluvium_actors::storage::Storage;
 use alluvium_actors::wal::actor::{WalActor, WalStats};
-use alluvium_actors::wal::{Wal, WalConfig, WalError};
+use alluvium_actors::wal::dedupe::Seen;
+use alluvium_actors::wal::{Dedupe, DedupeConfig, Wal, WalConfig, WalError};
 
 use crate::PipelineError;
 
@@ -47,6 +48,8 @@ pub struct NodeConfig {
     pub batch_limits: BatchLimits,
     /// Whether batches to unknown tables create them with an inferred schema.
     pub infer_new_tables: bool,
+    /// How long, and how many, idempotency keys are remembered.
+    pub dedupe: DedupeConfig,
     /// JWT verification.
     pub jwt: JwtConfig,
     /// The bootstrap admin key to install on first start (`ALLUVIUM_BOOTSTRAP_KEY`).
@@ -69,6 +72,8 @@ pub struct Node {
     pub(crate) gauge: MemoryGauge,
     pub(crate) wal_stats: Arc<WalStats>,
     pub(crate) memory_budget: usize,
+    pub(crate) events: crate::notification::EventHub,
+    pub(crate) rejects: Arc<std::sync::OnceLock<crate::notification::RejectSink>>,
     /// What happened to the bootstrap key at start.
     pub bootstrap: Arc<Bootstrap>,
 }
@@ -110,6 +115,11 @@ impl Node {
 
         let catalog_actor = CatalogActor::new(storage.clone(), state.clone());
         let notices = catalog_actor.notices();
+        let events = crate::notification::EventHub::start(
+            storage.clone(),
+            state.version,
+            notices.subscribe(),
+        );
         let catalog = Supervisor::start(move |_| catalog_actor);
         let pins = Pins::default();
         let compaction_actor = CompactionActor::new(
@@ -128,14 +138,19 @@ impl Node {
             MemtableActor::new(config.memtable.clone(), flush.recipient(), gauge.clone());
         let mut wal_config = config.wal.clone();
         wal_config.dir = config.data_dir.join("wal");
-        let (wal, next_seq) = recover(&state, wal_config, &mut memtables)?;
+        let mut dedupe = Dedupe::open(
+            config.data_dir.join("idempotency.json"),
+            config.dedupe,
+            chrono_now_us(),
+        )?;
+        let (wal, next_seq) = recover(&state, wal_config, &mut memtables, &mut dedupe)?;
         let memtable = Supervisor::start(move |_| memtables);
         let wal_memtable = memtable.clone().recipient();
         let wal_catalog = catalog.clone();
         let wal_stats = Arc::new(WalStats::default());
         let stats = wal_stats.clone();
         let wal = Supervisor::start(move |_| {
-            WalActor::new(wal, next_seq, wal_memtable, wal_catalog, stats)
+            WalActor::new(wal, next_seq, wal_memtable, wal_catalog, stats, dedupe)
         });
 
         let schema_actor = SchemaActor::new(&state, catalog.clone(), config.batch_limits)
@@ -162,6 +177,8 @@ impl Node {
             gauge,
             wal_stats,
             memory_budget: config.memory_budget,
+            events,
+            rejects: Default::default(),
             bootstrap: Arc::new(bootstrap),
         })
     }
@@ -170,6 +187,18 @@ impl Node {
     /// made from now on.
     pub fn subscribe_commits(&self) -> tokio::sync::broadcast::Receiver<Arc<CommitNotice>> {
         self.notices.subscribe()
+    }
+
+    /// Commit events (flushes, compactions, schema versions) after `after`, then live ones;
+    /// see [`crate::notification::EventHub::subscribe`].
+    pub fn commit_events(&self) -> &crate::notification::EventHub {
+        &self.events
+    }
+
+    /// Sends batches that fail validation to `sink` from now on (once; later calls are
+    /// ignored).
+    pub fn set_reject_sink(&self, sink: crate::notification::RejectSink) {
+        let _ = self.rejects.set(sink);
     }
 
     /// Bytes held by memtables now.
@@ -220,7 +249,9 @@ fn recover(
     state: &CatalogState,
     wal_config: WalConfig,
     memtables: &mut MemtableActor,
+    dedupe: &mut Dedupe,
 ) -> Result<(Wal, HashMap<TableRef, Seq>), PipelineError> {
+    let now = chrono_now_us();
     let mut last: HashMap<TableRef, Seq> = state.committed_seqs();
     let (mut replayed, mut skipped) = (0u64, 0u64);
     let dir = wal_config.dir.clone();
@@ -237,6 +268,14 @@ fn recover(
         };
         let committed = entry.committed_seq;
         let last_seq = record.last_seq();
+        if let Some(key) = record.idempotency_key.take() {
+            let seen = Seen {
+                first_seq: record.first_seq,
+                last_seq,
+                at_us: record.ingested_at_us,
+            };
+            dedupe.insert(record.table.clone(), key, seen, now);
+        }
         let seen = last.entry(record.table.clone()).or_insert(0);
         *seen = (*seen).max(last_seq);
         if last_seq <= committed {
@@ -271,7 +310,16 @@ fn recover(
         );
         Ok(())
     })?;
-    tracing::info!(replayed, skipped, "wal recovered");
+    tracing::info!(
+        replayed,
+        skipped,
+        idempotency_keys = dedupe.len(),
+        "wal recovered"
+    );
     let next = last.into_iter().map(|(t, s)| (t, s + 1)).collect();
     Ok((wal, next))
+}
+
+fn chrono_now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
 }

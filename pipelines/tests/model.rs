@@ -66,6 +66,7 @@ fn config(dir: &Path) -> NodeConfig {
         },
         batch_limits: BatchLimits::default(),
         infer_new_tables: false,
+        dedupe: Default::default(),
         jwt: JwtConfig::default(),
         bootstrap_key: Some(KEY.into()),
     }

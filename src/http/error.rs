@@ -7,11 +7,8 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use alluvium_actors::auth::AuthError;
-use alluvium_actors::compaction::CompactionError;
-use alluvium_actors::schema::error::SchemaError;
-use alluvium_actors::wal::WalError;
 use alluvium_pipelines::PipelineError;
-use serde::Serialize;
+use alluvium_pipelines::error::Problem;
 
 /// An error answered to an HTTP client.
 #[derive(Debug, thiserror::Error)]
@@ -45,20 +42,9 @@ impl From<AuthError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
-    #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: String,
-    code: &'a str,
-}
-
 impl ApiError {
     /// Status and stable code.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
-        use PipelineError as P;
         match self {
             ApiError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::BodyRead(_) => (StatusCode::BAD_REQUEST, "body_unreadable"),
@@ -67,63 +53,19 @@ impl ApiError {
             }
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Pipeline(p) => match p {
-                P::Auth(e) => {
-                    let status = if e.is_unauthenticated() {
-                        StatusCode::UNAUTHORIZED
-                    } else {
-                        match e {
-                            AuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
-                            AuthError::InvalidKeyRequest { .. } => StatusCode::BAD_REQUEST,
-                            _ => StatusCode::INTERNAL_SERVER_ERROR,
-                        }
-                    };
-                    (status, e.code())
-                }
-                P::Name(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
-                P::Schema(e) => {
-                    let status = match e {
-                        SchemaError::UnknownTable { .. } => StatusCode::NOT_FOUND,
-                        SchemaError::TableExists { .. } | SchemaError::SchemaChange { .. } => {
-                            StatusCode::CONFLICT
-                        }
-                        SchemaError::TooManyRows { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                        SchemaError::Catalog(_) => StatusCode::SERVICE_UNAVAILABLE,
-                        e if e.is_client_error() => StatusCode::BAD_REQUEST,
-                        _ => StatusCode::INTERNAL_SERVER_ERROR,
-                    };
-                    (status, e.code())
-                }
-                P::Wal(e) => match e {
-                    WalError::RecordTooLarge { .. } => {
-                        (StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large")
-                    }
-                    WalError::Poisoned { .. } => (StatusCode::SERVICE_UNAVAILABLE, "wal_poisoned"),
-                    _ => (StatusCode::SERVICE_UNAVAILABLE, "wal_unavailable"),
-                },
-                P::Flush(_) => (StatusCode::SERVICE_UNAVAILABLE, "flush_failed"),
-                P::Compaction(e) => match e {
-                    CompactionError::Busy(_) => (StatusCode::CONFLICT, "compaction_running"),
-                    CompactionError::TableNotFound(_) => (StatusCode::NOT_FOUND, "table_not_found"),
-                    _ => (StatusCode::SERVICE_UNAVAILABLE, "compaction_failed"),
-                },
-                P::VersionUnavailable(_) => (StatusCode::GONE, "version_unavailable"),
-                P::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
-                P::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
-                P::UnknownColumn(_) => (StatusCode::BAD_REQUEST, "unknown_column"),
-                P::InvalidFilter(_) => (StatusCode::BAD_REQUEST, "invalid_filter"),
-                P::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
-                P::InvalidKey(_) => (StatusCode::BAD_REQUEST, "invalid_key"),
-                P::RowNotFound(_) => (StatusCode::NOT_FOUND, "row_not_found"),
-                P::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            },
+            ApiError::Pipeline(p) => {
+                let (status, code) = p.status_and_code();
+                (
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    code,
+                )
+            }
         }
     }
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            ApiError::Pipeline(PipelineError::Overloaded { retry_after, .. }) => Some(*retry_after),
-            ApiError::Pipeline(PipelineError::Unavailable(_)) => Some(Duration::from_secs(1)),
+            ApiError::Pipeline(p) => p.retry_after(),
             _ => None,
         }
     }
@@ -139,13 +81,7 @@ impl ResponseError for ApiError {
         if status.is_server_error() {
             tracing::error!(code, error = %self, "request failed");
         }
-        let problem = Problem {
-            kind: format!("urn:alluvium:problem:{code}"),
-            title: status.canonical_reason().unwrap_or("Error"),
-            status: status.as_u16(),
-            detail: self.to_string(),
-            code,
-        };
+        let problem = Problem::new(status.as_u16(), code, self.to_string());
         let mut res = HttpResponse::build(status);
         res.content_type("application/problem+json");
         if let Some(after) = self.retry_after() {

@@ -14,6 +14,7 @@ use alluvium_actors::schema::messages::TableInfo;
 use alluvium_actors::schema::translate::BodyFormat;
 use alluvium_actors::wal::messages::Durability;
 use alluvium_pipelines::PipelineError;
+use alluvium_pipelines::ingest::{IngestRequest, Source};
 use alluvium_pipelines::query::QueryRequest;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -151,6 +152,10 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse> {
         .node
         .ready()
         .map_err(|reason| ApiError::Pipeline(PipelineError::Unavailable(reason)))?;
+    if let Some(nats) = &state.nats {
+        nats.health()
+            .map_err(|reason| ApiError::Pipeline(PipelineError::Unavailable(reason)))?;
+    }
     let (_, failing) = state.node.flush_health();
     let body = if failing > 0 {
         format!("ready (flushes of {failing} table(s) failing and being retried)\n")
@@ -208,12 +213,30 @@ pub async fn ingest(
         }
     };
     let durability = durability(&state, &req)?;
+    let idempotency_key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let v = v.to_str().map_err(|_| {
+                ApiError::BadRequest("Idempotency-Key must be printable ASCII".into())
+            })?;
+            Some(
+                alluvium_nats::headers::idempotency_key(v)
+                    .map_err(|e| ApiError::BadRequest(e.to_string()))?
+                    .to_string(),
+            )
+        }
+    };
     let body = read_body(&req, payload, state.body_limit).await?;
     let bytes = body.len();
-    let ack = state
-        .node
-        .ingest(&principal, &table, body, format, durability)
-        .await?;
+    let request = IngestRequest {
+        table: table.into_inner(),
+        body,
+        format,
+        durability,
+        idempotency_key,
+        source: Source::Http,
+    };
+    let ack = state.node.ingest_batch(&principal, request).await?;
     state.metrics.ingested(ack.accepted as u64, bytes as u64);
     Ok(HttpResponse::Ok().json(ack))
 }

@@ -16,6 +16,8 @@ use alluvium_pipelines::Node;
 pub struct AppState {
     /// The pipeline.
     pub node: Node,
+    /// The NATS link, when NATS is configured.
+    pub nats: Option<alluvium_pipelines::link::NatsLink>,
     /// Largest request body.
     pub body_limit: usize,
     /// Counters for `/metrics`.

@@ -46,6 +46,34 @@ pub(crate) fn parse_version(path: &ObjectPath) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// Reads the commit that created `version`; `Ok(None)` if it does not exist (yet).
+pub async fn read_commit(
+    storage: &Storage,
+    version: u64,
+) -> Result<Option<CommitRecord>, CatalogError> {
+    let path = commit_path(version);
+    let bytes = match storage.get(&path).await {
+        Ok(bytes) => bytes,
+        Err(StorageError::ObjectStore {
+            source: object_store::Error::NotFound { .. },
+            ..
+        }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let record: CommitRecord =
+        serde_json::from_slice(&bytes).map_err(|e| CatalogError::Corrupt {
+            path: path.to_string(),
+            reason: format!("not a valid commit: {e}"),
+        })?;
+    if record.version != version {
+        return Err(CatalogError::Corrupt {
+            path: path.to_string(),
+            reason: format!("file says version {}", record.version),
+        });
+    }
+    Ok(Some(record))
+}
+
 /// Replays the log from `from` (exclusive: a state at version `from.version`) up to the newest
 /// commit.
 pub async fn load_from(

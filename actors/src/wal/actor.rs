@@ -7,6 +7,11 @@
 //! arbiter. After a group is durable its rows go to the memtable in sequence order, and only
 //! then are the requests answered: an acknowledged event is on disk and visible to reads.
 //!
+//! Idempotency keys (see [`super::dedupe`]) are checked here, where sequences are assigned: a
+//! key already durable is answered at once with its first sequences, and a key whose first
+//! batch is still being written waits for that batch's outcome, so two concurrent retries can
+//! never both be stored.
+//!
 //! Checkpoints (deleting segments the catalog has committed) need the log too. A timer fetches
 //! the catalog's committed positions; the deletion runs on its own when the log is idle, or
 //! ahead of the next group's write when it is busy, so a steady stream of appends cannot
@@ -23,7 +28,8 @@ use actix::{
 };
 use tokio::sync::oneshot;
 
-use super::messages::{Append, Durability, Durable};
+use super::dedupe::{Dedupe, Seen, SnapshotWrite};
+use super::messages::{Append, Durability, Durable, LookupKey};
 use super::{Wal, WalError, WalRecord};
 use crate::catalog::CatalogActor;
 use crate::catalog::messages::Snapshot;
@@ -42,8 +48,13 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// answered on receipt.
 struct Waiter {
     schema: Arc<TableSchema>,
-    reply: Option<oneshot::Sender<Result<Durable, WalError>>>,
+    reply: Option<Reply>,
 }
+
+type Reply = oneshot::Sender<Result<Durable, WalError>>;
+
+/// An idempotency key in flight: its batch is sequenced but not yet durable.
+type InFlight = HashMap<(TableRef, String), Vec<Reply>>;
 
 impl Waiter {
     fn answer(self, res: Result<Durable, WalError>) {
@@ -51,6 +62,10 @@ impl Waiter {
             let _ = reply.send(res);
         }
     }
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
 }
 
 /// Counters of the log's work, shared with the metrics endpoint.
@@ -64,6 +79,8 @@ pub struct WalStats {
     pub segments_deleted: AtomicU64,
     /// Set once the log refuses writes (a failed write or fsync); cleared only by a restart.
     pub poisoned: std::sync::atomic::AtomicBool,
+    /// Batches answered from the idempotency index instead of being stored again.
+    pub duplicates: AtomicU64,
 }
 
 /// Owns the WAL and the per-table sequence counters.
@@ -78,6 +95,8 @@ pub struct WalActor {
     waiters: Vec<Waiter>,
     /// Committed positions waiting for the log to be free.
     checkpoint_due: Option<HashMap<TableRef, Seq>>,
+    dedupe: Dedupe,
+    in_flight: InFlight,
     memtable: Recipient<Insert>,
     catalog: Addr<CatalogActor>,
 }
@@ -92,9 +111,23 @@ impl std::fmt::Debug for WalActor {
     }
 }
 
-/// Deletes committed segments; a failure is logged and retried at the next checkpoint (the
-/// segments stay, nothing is lost).
-fn run_checkpoint(wal: &mut Wal, committed: &HashMap<TableRef, Seq>, stats: &WalStats) {
+/// Deletes committed segments, after saving the idempotency keys they carry; a failure is
+/// logged and retried at the next checkpoint (the segments stay, nothing is lost). Returns the
+/// positions the saved key snapshot covers, if one was written.
+fn run_checkpoint(
+    wal: &mut Wal,
+    committed: &HashMap<TableRef, Seq>,
+    keys: Option<SnapshotWrite>,
+    stats: &WalStats,
+) -> Option<HashMap<TableRef, Seq>> {
+    let mut saved = None;
+    if let Some(keys) = keys {
+        if let Err(e) = keys.write() {
+            tracing::warn!(error = %e, "idempotency snapshot failed; wal segments kept");
+            return None;
+        }
+        saved = Some(keys.covers);
+    }
     match wal.checkpoint(committed) {
         Ok(0) => {}
         Ok(n) => {
@@ -105,6 +138,7 @@ fn run_checkpoint(wal: &mut Wal, committed: &HashMap<TableRef, Seq>, stats: &Wal
         }
         Err(e) => tracing::warn!(error = %e, "wal checkpoint failed"),
     }
+    saved
 }
 
 impl WalActor {
@@ -116,6 +150,7 @@ impl WalActor {
         memtable: Recipient<Insert>,
         catalog: Addr<CatalogActor>,
         stats: Arc<WalStats>,
+        dedupe: Dedupe,
     ) -> Self {
         Self {
             stats,
@@ -126,6 +161,8 @@ impl WalActor {
             pending: Vec::new(),
             waiters: Vec::new(),
             checkpoint_due: None,
+            dedupe,
+            in_flight: HashMap::new(),
             memtable,
             catalog,
         }
@@ -139,7 +176,37 @@ impl WalActor {
         for w in self.waiters.drain(..) {
             w.answer(Err(err.clone()));
         }
+        for (_, replies) in self.in_flight.drain() {
+            for r in replies {
+                let _ = r.send(Err(err.clone()));
+            }
+        }
         self.poisoned = Some(err);
+    }
+
+    /// Settles the idempotency keys of `records`: remembered when durable, forgotten on
+    /// failure; retries that waited for them get the same outcome.
+    fn settle_keys(&mut self, records: &[KeyOf], res: Result<(), &WalError>) {
+        let now = now_us();
+        for k in records {
+            let Some((table, key, seen)) = k else {
+                continue;
+            };
+            let waiting = self
+                .in_flight
+                .remove(&(table.clone(), key.clone()))
+                .unwrap_or_default();
+            let answer = match res {
+                Ok(()) => {
+                    self.dedupe.insert(table.clone(), key.clone(), *seen, now);
+                    Ok(seen.durable())
+                }
+                Err(e) => Err(e.clone()),
+            };
+            for r in waiting {
+                let _ = r.send(answer.clone());
+            }
+        }
     }
 
     /// Writes everything pending as one group, unless a write or checkpoint is in progress
@@ -163,32 +230,40 @@ impl WalActor {
         let records = std::mem::take(&mut self.pending);
         let waiters = std::mem::take(&mut self.waiters);
         let due = self.checkpoint_due.take();
+        let keys = due.as_ref().and_then(|c| self.dedupe.snapshot_for(c));
+        let keyed: Vec<KeyOf> = records.iter().map(key_of).collect();
         let stats = self.stats.clone();
         let span = tracing::info_span!("wal_commit", records = records.len());
         let write = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
-            if let Some(committed) = due {
-                run_checkpoint(&mut wal, &committed, &stats);
-            }
+            let saved =
+                due.and_then(|committed| run_checkpoint(&mut wal, &committed, keys, &stats));
             let res = wal.append(&records);
-            (wal, records, res)
+            (wal, records, res, saved)
         });
         ctx.spawn(
             write
                 .into_actor(self)
                 .then(move |joined, act, _ctx| {
-                    let (wal, records, res) = match joined {
+                    let (wal, records, res, saved) = match joined {
                         Ok(done) => done,
                         Err(e) => {
                             // The writer thread panicked: the log's state is unknown.
                             act.waiters.extend(waiters);
+                            act.settle_keys(&keyed, Err(&WalError::Poisoned {
+                                cause: "wal writer panicked".into(),
+                            }));
                             act.poison(WalError::Poisoned {
                                 cause: format!("wal writer panicked: {e}"),
                             });
                             return actix::fut::ready(()).boxed_local();
                         }
                     };
+                    if let Some(covers) = saved {
+                        act.dedupe.saved(covers);
+                    }
                     if let Err(e) = res {
+                        act.settle_keys(&keyed, Err(&e));
                         let poisoned = wal.is_poisoned();
                         act.wal = Some(wal);
                         if poisoned {
@@ -214,6 +289,7 @@ impl WalActor {
                             let durable = Durable {
                                 first_seq: record.first_seq,
                                 last_seq: record.last_seq(),
+                                duplicate: false,
                             };
                             let insert = Insert {
                                 table: record.table,
@@ -239,6 +315,7 @@ impl WalActor {
                         // reach the memtable before this group's: memtables receive sequences
                         // in order.
                         act.wal = Some(wal);
+                        act.settle_keys(&keyed, Ok(()));
                         if let Some(e) = lost {
                             // Reads would miss acknowledged rows until a restart replays them:
                             // stop accepting more.
@@ -260,13 +337,19 @@ impl WalActor {
             return;
         };
         let stats = self.stats.clone();
+        let keys = self.dedupe.snapshot_for(&committed);
         let run = tokio::task::spawn_blocking(move || {
-            run_checkpoint(&mut wal, &committed, &stats);
-            wal
+            let saved = run_checkpoint(&mut wal, &committed, keys, &stats);
+            (wal, saved)
         });
         ctx.spawn(run.into_actor(self).map(|joined, act, ctx| {
             match joined {
-                Ok(wal) => act.wal = Some(wal),
+                Ok((wal, saved)) => {
+                    act.wal = Some(wal);
+                    if let Some(covers) = saved {
+                        act.dedupe.saved(covers);
+                    }
+                }
                 Err(e) => act.poison(WalError::Poisoned {
                     cause: format!("wal checkpoint panicked: {e}"),
                 }),
@@ -310,10 +393,16 @@ impl Supervised for WalActor {
         // Requests of the stopped context lost their replies; fail them rather than leave them
         // hanging. The log itself and the sequence counters stay valid.
         self.pending.clear();
+        let err = WalError::Poisoned {
+            cause: "wal actor restarted".into(),
+        };
         for w in self.waiters.drain(..) {
-            w.answer(Err(WalError::Poisoned {
-                cause: "wal actor restarted".into(),
-            }));
+            w.answer(Err(err.clone()));
+        }
+        for (_, replies) in self.in_flight.drain() {
+            for r in replies {
+                let _ = r.send(Err(err.clone()));
+            }
         }
     }
 }
@@ -326,14 +415,33 @@ impl Handler<Append> for WalActor {
             let e = e.clone();
             return Box::pin(async move { Err(e) });
         }
+        if let Some(key) = &msg.idempotency_key {
+            if let Some(seen) = self.dedupe.get(&msg.table, key, now_us()) {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                return Box::pin(async move { Ok(seen.durable()) });
+            }
+            if let Some(replies) = self.in_flight.get_mut(&(msg.table.clone(), key.clone())) {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                let (reply, rx) = oneshot::channel();
+                replies.push(reply);
+                return Box::pin(async move {
+                    rx.await.unwrap_or_else(|_| {
+                        Err(WalError::Poisoned {
+                            cause: "wal actor stopped before the first batch with this idempotency key completed".into(),
+                        })
+                    })
+                });
+            }
+        }
         let n = msg.rows.len() as u64;
         let next = self.next_seq.entry(msg.table.clone()).or_insert(1);
         let record = WalRecord {
             table: msg.table,
             schema_version: msg.schema_version,
             first_seq: *next,
-            ingested_at_us: chrono::Utc::now().timestamp_micros(),
+            ingested_at_us: now_us(),
             rows: msg.rows,
+            idempotency_key: msg.idempotency_key,
         };
         // Checked here, before sequences are taken, so an oversized batch fails alone instead
         // of failing the group it would have joined.
@@ -346,7 +454,12 @@ impl Handler<Append> for WalActor {
         let durable = Durable {
             first_seq: record.first_seq,
             last_seq: record.last_seq(),
+            duplicate: false,
         };
+        if let Some(key) = &record.idempotency_key {
+            self.in_flight
+                .insert((record.table.clone(), key.clone()), Vec::new());
+        }
         self.pending.push(record);
         if msg.durability == Durability::Received {
             self.waiters.push(Waiter {
@@ -369,5 +482,31 @@ impl Handler<Append> for WalActor {
                 })
             })
         })
+    }
+}
+
+/// A record's idempotency key with what it will be remembered as.
+type KeyOf = Option<(TableRef, String, Seen)>;
+
+fn key_of(record: &WalRecord) -> KeyOf {
+    let key = record.idempotency_key.clone()?;
+    Some((
+        record.table.clone(),
+        key,
+        Seen {
+            first_seq: record.first_seq,
+            last_seq: record.last_seq(),
+            at_us: record.ingested_at_us,
+        },
+    ))
+}
+
+impl Handler<LookupKey> for WalActor {
+    type Result = Option<Durable>;
+
+    fn handle(&mut self, msg: LookupKey, _ctx: &mut Self::Context) -> Self::Result {
+        let seen = self.dedupe.get(&msg.table, &msg.key, now_us())?;
+        self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+        Some(seen.durable())
     }
 }

@@ -25,6 +25,20 @@ pub struct Append {
     pub rows: Vec<Row>,
     /// When to answer.
     pub durability: Durability,
+    /// The producer's idempotency key: a batch with a key seen within the window is answered
+    /// with the first one's sequences and not stored again.
+    pub idempotency_key: Option<String>,
+}
+
+/// Looks up an idempotency key: the sequences of the batch that first used it, if it is
+/// durable and within the window (lets a retry skip validation).
+#[derive(Debug, Message)]
+#[rtype(result = "Option<Durable>")]
+pub struct LookupKey {
+    /// The table the key is scoped to.
+    pub table: TableRef,
+    /// The key.
+    pub key: String,
 }
 
 /// The point at which an append is answered.
@@ -54,6 +68,7 @@ impl fmt::Debug for Append {
         f.debug_struct("Append")
             .field("table", &self.table)
             .field("rows", &self.rows.len())
+            .field("idempotency_key", &self.idempotency_key)
             .finish()
     }
 }
@@ -65,4 +80,7 @@ pub struct Durable {
     pub first_seq: Seq,
     /// Sequence of the last row.
     pub last_seq: Seq,
+    /// Whether this answers a retry: the batch was stored by an earlier request with the same
+    /// idempotency key, and nothing was stored now.
+    pub duplicate: bool,
 }

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub mod actor;
+pub mod dedupe;
 pub mod messages;
 mod reader;
 mod record;
@@ -36,6 +37,7 @@ mod segment;
 mod tests;
 mod writer;
 
+pub use dedupe::{Dedupe, DedupeConfig};
 pub use reader::{SegmentReport, SeqRange, inspect};
 pub use record::WalRecord;
 pub use segment::{ProblemKind, SegmentProblem};

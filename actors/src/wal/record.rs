@@ -2,7 +2,10 @@
 //!
 //! Payload layout, little endian: `u16 tenant_len | tenant | u16 table_len | table |
 //! u32 schema_version | u64 first_seq | i64 ingested_at_us | rows` where `rows` is
-//! [`crate::row::encode_rows`]. The payload is self-contained: it decodes without a schema.
+//! [`crate::row::encode_rows`]. A record with an idempotency key (frame type 2) has
+//! `u16 key_len | key` between the ingestion time and the rows, so the key is durable in the
+//! same frame as the events it names. The payload is self-contained: it decodes without a
+//! schema.
 
 use std::fmt;
 
@@ -30,6 +33,8 @@ pub struct WalRecord {
     pub ingested_at_us: i64,
     /// The rows, in sequence order.
     pub rows: Vec<Row>,
+    /// The producer's idempotency key (scoped to the table), if the batch had one.
+    pub idempotency_key: Option<String>,
 }
 
 impl WalRecord {
@@ -51,6 +56,7 @@ impl WalRecord {
             + 4
             + 8
             + 8
+            + self.idempotency_key.as_ref().map_or(0, |k| 2 + k.len())
             + crate::row::encoded_len(&self.rows)
     }
 
@@ -60,11 +66,15 @@ impl WalRecord {
         out.extend_from_slice(&self.schema_version.to_le_bytes());
         out.extend_from_slice(&self.first_seq.to_le_bytes());
         out.extend_from_slice(&self.ingested_at_us.to_le_bytes());
+        if let Some(key) = &self.idempotency_key {
+            put_str(key, out);
+        }
         encode_rows(&self.rows, out);
     }
 
-    /// Decodes a payload written by [`WalRecord::encode_payload`], explaining any failure.
-    pub(crate) fn decode_payload(buf: &[u8]) -> Result<WalRecord, String> {
+    /// Decodes a payload written by [`WalRecord::encode_payload`], explaining any failure;
+    /// `keyed` says whether the frame type is the one with an idempotency key.
+    pub(crate) fn decode_payload(buf: &[u8], keyed: bool) -> Result<WalRecord, String> {
         let mut c = Cursor { buf, pos: 0 };
         let tenant = c.str("tenant")?;
         let tenant = TenantId::new(tenant).map_err(|e| e.to_string())?;
@@ -73,6 +83,10 @@ impl WalRecord {
         let schema_version = u32::from_le_bytes(c.array("schema version")?);
         let first_seq = u64::from_le_bytes(c.array("first sequence")?);
         let ingested_at_us = i64::from_le_bytes(c.array("ingestion time")?);
+        let idempotency_key = match keyed {
+            true => Some(c.str("idempotency key")?.to_string()),
+            false => None,
+        };
         let rows_at = c.pos;
         let rows = decode_rows(&buf[rows_at..])
             .map_err(|e| format!("rows starting at payload byte {rows_at}: {e}"))?;
@@ -82,6 +96,7 @@ impl WalRecord {
             first_seq,
             ingested_at_us,
             rows,
+            idempotency_key,
         })
     }
 
@@ -110,12 +125,14 @@ impl fmt::Debug for WalRecord {
             .field("last_seq", &self.last_seq())
             .field("ingested_at_us", &self.ingested_at_us)
             .field("rows", &self.rows.len())
+            .field("idempotency_key", &self.idempotency_key)
             .finish()
     }
 }
 
 fn put_str(s: &str, out: &mut Vec<u8>) {
-    // Names are validated to at most 128 bytes, so the length always fits a u16.
+    // Names are validated to at most 128 bytes and idempotency keys to 256, so the length
+    // always fits a u16.
     out.extend_from_slice(&(s.len() as u16).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
 }
@@ -169,6 +186,7 @@ mod tests {
             first_seq: 41,
             ingested_at_us: -5,
             rows,
+            idempotency_key: None,
         }
     }
 
@@ -191,12 +209,12 @@ mod tests {
             r.encode_payload(&mut buf);
             prop_assert_eq!(r.payload_len(), buf.len());
             prop_assert!(WalRecord::plausible_payload(&buf));
-            prop_assert_eq!(WalRecord::decode_payload(&buf).unwrap(), r);
+            prop_assert_eq!(WalRecord::decode_payload(&buf, false).unwrap(), r);
         }
 
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
-            let _ = WalRecord::decode_payload(&bytes);
+            let _ = WalRecord::decode_payload(&bytes, false);
             let _ = WalRecord::plausible_payload(&bytes);
         }
     }
@@ -227,7 +245,7 @@ mod tests {
         put_str("../x", &mut buf);
         put_str("t", &mut buf);
         buf.extend_from_slice(&[0u8; 24]);
-        let err = WalRecord::decode_payload(&buf).unwrap_err();
+        let err = WalRecord::decode_payload(&buf, false).unwrap_err();
         assert!(err.contains("tenant"), "{err}");
     }
 

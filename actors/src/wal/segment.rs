@@ -31,6 +31,12 @@ pub(crate) const HEADER_LEN: u64 = 28;
 pub(crate) const FRAME_HEADER_LEN: u64 = 9;
 /// Frame type of a [`WalRecord`].
 pub(crate) const RECORD_APPEND: u8 = 1;
+/// Frame type of an append record that carries an idempotency key.
+pub(crate) const RECORD_APPEND_KEYED: u8 = 2;
+
+fn is_record_type(kind: u8) -> bool {
+    kind == RECORD_APPEND || kind == RECORD_APPEND_KEYED
+}
 
 /// Whether a problem can be repaired by truncation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,10 +169,14 @@ pub(crate) fn encode_frame(
             return Err(size);
         }
     };
-    let crc = frame_crc(salt, len, RECORD_APPEND, &out[body..]);
+    let kind = match record.idempotency_key {
+        Some(_) => RECORD_APPEND_KEYED,
+        None => RECORD_APPEND,
+    };
+    let crc = frame_crc(salt, len, kind, &out[body..]);
     out[start..start + 4].copy_from_slice(&len);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    out[start + 8] = RECORD_APPEND;
+    out[start + 8] = kind;
     Ok(())
 }
 
@@ -279,11 +289,11 @@ pub(crate) fn scan(
             out.problem = damaged(salt, pos, "frame checksum mismatch".into())?;
             break;
         }
-        if kind != RECORD_APPEND {
+        if !is_record_type(kind) {
             out.problem = corrupt(pos, format!("unknown record type {kind}"));
             break;
         }
-        let record = match WalRecord::decode_payload(&payload) {
+        let record = match WalRecord::decode_payload(&payload, kind == RECORD_APPEND_KEYED) {
             Ok(record) => record,
             Err(reason) => {
                 out.problem = corrupt(pos, format!("checksummed record does not decode: {reason}"));
@@ -329,14 +339,15 @@ fn contains_valid_frame(buf: &[u8], salt: u32, max_record_size: u32) -> bool {
     let max = max_record_size as usize;
     let mut at = 0;
     while at + fh + MIN_PAYLOAD_LEN <= buf.len() {
-        if buf[at + 8] == RECORD_APPEND {
+        let kind = buf[at + 8];
+        if is_record_type(kind) {
             let len_bytes = [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]];
             let len = u32::from_le_bytes(len_bytes) as usize;
             if (MIN_PAYLOAD_LEN..=max).contains(&len) && len <= buf.len() - at - fh {
                 let payload = &buf[at + fh..at + fh + len];
                 let crc = u32::from_le_bytes([buf[at + 4], buf[at + 5], buf[at + 6], buf[at + 7]]);
                 if WalRecord::plausible_payload(payload)
-                    && frame_crc(salt, len_bytes, RECORD_APPEND, payload) == crc
+                    && frame_crc(salt, len_bytes, kind, payload) == crc
                 {
                     return true;
                 }
@@ -360,6 +371,7 @@ mod tests {
             first_seq: 1,
             ingested_at_us: 0,
             rows: Vec::new(),
+            idempotency_key: None,
         }
     }
 

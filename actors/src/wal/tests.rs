@@ -30,6 +30,7 @@ fn rec(name: &str, first_seq: Seq, n: u64) -> WalRecord {
         first_seq,
         ingested_at_us: 1_700_000_000_000_000,
         rows,
+        idempotency_key: None,
     }
 }
 

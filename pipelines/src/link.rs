@@ -1,0 +1,106 @@
+//! The NATS link of a node: connects, sets up the JetStream streams, and starts the NATS
+//! ingest source and the publishers of commit events and rejects. A standalone node without a
+//! NATS URL never builds one.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use alluvium_nats::async_nats::jetstream;
+use alluvium_nats::jetstream::{StreamSettings, ensure_stream, events_stream, rejects_stream};
+use alluvium_nats::{Connection, NatsConfig, NatsError, Subjects};
+
+use crate::Node;
+use crate::notification::RejectSink;
+use crate::notification::nats::{PublishStats, publish_events, publish_rejects};
+use crate::sources::nats::{NatsIngestConfig, NatsIngestStats};
+
+/// A failure of the link's set-up.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct LinkError(pub String);
+
+/// Everything the NATS link needs.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// The connection.
+    pub connection: NatsConfig,
+    /// Subject prefix (`alluvium`).
+    pub prefix: String,
+    /// The streams' settings.
+    pub streams: StreamSettings,
+    /// The ingest source; `None` leaves ingest to other nodes.
+    pub ingest: Option<NatsIngestConfig>,
+    /// Whether to publish commit events (and where the cursor lives).
+    pub publish_events: Option<PathBuf>,
+    /// Rejected batches queued for publishing at most.
+    pub rejects_capacity: usize,
+}
+
+/// A running NATS link.
+#[derive(Debug, Clone)]
+pub struct NatsLink {
+    /// The connection (its health feeds `/readyz`).
+    pub connection: Connection,
+    /// The grammar in use.
+    pub subjects: Subjects,
+    /// Counters of the ingest source.
+    pub ingest_stats: Arc<NatsIngestStats>,
+    /// Counters of the publishers.
+    pub publish_stats: Arc<PublishStats>,
+}
+
+impl NatsLink {
+    /// Connects and starts the configured parts on the current arbiter.
+    pub async fn start(node: &Node, config: LinkConfig) -> Result<NatsLink, NatsError> {
+        let subjects = Subjects::new(&config.prefix)?;
+        let connection = Connection::connect(&config.connection).await?;
+        let js = jetstream::new(connection.client.clone());
+        ensure_stream(&js, events_stream(&subjects, &config.streams)).await?;
+        ensure_stream(&js, rejects_stream(&subjects, &config.streams)).await?;
+        let ingest_stats = Arc::new(NatsIngestStats::default());
+        let publish_stats = Arc::new(PublishStats::default());
+
+        let (sink, rejects) = RejectSink::new(config.rejects_capacity.max(1));
+        node.set_reject_sink(sink);
+        actix::spawn(publish_rejects(
+            rejects,
+            js.clone(),
+            subjects.clone(),
+            publish_stats.clone(),
+        ));
+        if let Some(cursor) = config.publish_events {
+            actix::spawn(publish_events(
+                node.commit_events().clone(),
+                js.clone(),
+                subjects.clone(),
+                cursor,
+                publish_stats.clone(),
+            ));
+        }
+        if let Some(ingest) = config.ingest {
+            let client = connection.client.clone();
+            let sub = crate::sources::nats::subscribe(&client, &subjects, &ingest)
+                .await
+                .map_err(|e| NatsError::Connect(e.0))?;
+            actix::spawn(crate::sources::nats::serve(
+                sub,
+                node.clone(),
+                client,
+                subjects.clone(),
+                ingest,
+                ingest_stats.clone(),
+            ));
+        }
+        Ok(NatsLink {
+            connection,
+            subjects,
+            ingest_stats,
+            publish_stats,
+        })
+    }
+
+    /// `Ok` while connected to NATS.
+    pub fn health(&self) -> Result<(), String> {
+        self.connection.health()
+    }
+}

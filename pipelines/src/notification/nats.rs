@@ -1,0 +1,184 @@
+//! Publishing commit events and rejects to JetStream.
+//!
+//! Commit events go to `ALLUVIUM_EVENTS` at least once: each is published with `Nats-Msg-Id`
+//! set to its id (`{catalog_version}:{index}`), the publish is retried until JetStream
+//! acknowledges it, and only then does the cursor file (`<data>/notify/nats.cursor`) move past
+//! it. After a crash the events since the cursor are published again and JetStream's duplicate
+//! window drops the copies.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use alluvium_nats::async_nats::HeaderMap;
+use alluvium_nats::async_nats::jetstream;
+use alluvium_nats::{CommitEvent, Reject, Subjects, connection::backoff, headers};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::EventHub;
+use super::feed::EventPos;
+
+/// Counters of the publishers.
+#[derive(Debug, Default)]
+pub struct PublishStats {
+    /// Commit events acknowledged by JetStream.
+    pub events_published: AtomicU64,
+    /// Of those, events JetStream reported as duplicates (already published).
+    pub events_duplicate: AtomicU64,
+    /// Failed publish attempts (each retried).
+    pub publish_failures: AtomicU64,
+    /// Rejects acknowledged by JetStream.
+    pub rejects_published: AtomicU64,
+    /// Rejects given up on after retries.
+    pub rejects_failed: AtomicU64,
+}
+
+/// Reads the cursor: the id of the last event JetStream acknowledged.
+pub fn read_cursor(path: &Path) -> Option<EventPos> {
+    let text = std::fs::read_to_string(path).ok()?;
+    CommitEvent::parse_id(text.trim())
+}
+
+fn write_cursor(path: &Path, id: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, id.as_bytes())?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Publishes every commit event after the cursor, then live ones, forever. Runs on the
+/// current arbiter.
+pub async fn publish_events(
+    hub: EventHub,
+    js: jetstream::Context,
+    subjects: Subjects,
+    cursor: PathBuf,
+    stats: Arc<PublishStats>,
+) {
+    loop {
+        // No cursor: every event since the catalog began (subscribers can replay it all).
+        let after = read_cursor(&cursor).unwrap_or((0, usize::MAX));
+        let mut events = Box::pin(hub.subscribe(Some(after)));
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "commit event stream failed; resuming from the cursor");
+                    break;
+                }
+            };
+            publish_one(&js, &subjects, &event, &stats).await;
+            if let Err(e) = write_cursor(&cursor, &event.id) {
+                tracing::warn!(path = %cursor.display(), error = %e, "cannot write the event cursor; events may be published again after a restart");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Publishes one event, retrying with backoff until JetStream acknowledges it.
+async fn publish_one(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    event: &CommitEvent,
+    stats: &PublishStats,
+) {
+    let subject = match subjects.events(&event.tenant, &event.table, event.kind) {
+        Ok(s) => s,
+        Err(e) => {
+            // Names in the catalog are validated, so this cannot happen; never publish it.
+            tracing::error!(error = %e, id = %event.id, "commit event has an invalid subject");
+            return;
+        }
+    };
+    let payload = match serde_json::to_vec(event) {
+        Ok(p) => bytes::Bytes::from(p),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a commit event");
+            return;
+        }
+    };
+    let mut attempt = 0;
+    loop {
+        let mut h = HeaderMap::new();
+        h.insert(headers::NATS_MSG_ID, event.id.as_str());
+        h.insert(headers::EVENT_ID, event.id.as_str());
+        h.insert(headers::CONTENT_TYPE, "application/json");
+        let res = match js
+            .publish_with_headers(subject.clone(), h, payload.clone())
+            .await
+        {
+            Ok(ack) => ack.await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match res {
+            Ok(ack) => {
+                stats.events_published.fetch_add(1, Ordering::Relaxed);
+                if ack.duplicate {
+                    stats.events_duplicate.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+            Err(e) => {
+                stats.publish_failures.fetch_add(1, Ordering::Relaxed);
+                if attempt % 10 == 0 {
+                    tracing::warn!(id = %event.id, attempt, error = %e, "publishing a commit event failed; retrying");
+                }
+                tokio::time::sleep(backoff(attempt + 2)).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Publishes rejected batches to `{prefix}.rejects.{tenant}.{table}` (stream
+/// `ALLUVIUM_REJECTS`), with a few retries each.
+pub async fn publish_rejects(
+    mut rx: mpsc::Receiver<Reject>,
+    js: jetstream::Context,
+    subjects: Subjects,
+    stats: Arc<PublishStats>,
+) {
+    while let Some(reject) = rx.recv().await {
+        let Ok(subject) = subjects.rejects(&reject.tenant, &reject.table) else {
+            continue;
+        };
+        let Ok(payload) = serde_json::to_vec(&reject) else {
+            continue;
+        };
+        let payload = bytes::Bytes::from(payload);
+        let mut done = false;
+        for attempt in 0..5 {
+            let mut h = HeaderMap::new();
+            h.insert(headers::CONTENT_TYPE, "application/json");
+            h.insert(headers::CODE, reject.code.as_str());
+            let res = match js
+                .publish_with_headers(subject.clone(), h, payload.clone())
+                .await
+            {
+                Ok(ack) => ack.await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match res {
+                Ok(_) => {
+                    done = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(attempt, error = %e, "publishing a reject failed");
+                    tokio::time::sleep(backoff(attempt + 2)).await;
+                }
+            }
+        }
+        if done {
+            stats.rejects_published.fetch_add(1, Ordering::Relaxed);
+        } else {
+            stats.rejects_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(tenant = %reject.tenant, table = %reject.table, "a rejected batch could not be published to the rejects stream");
+        }
+    }
+}

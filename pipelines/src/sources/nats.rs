@@ -1,0 +1,310 @@
+//! The NATS ingest source: a queue-group subscription on `{prefix}.ingest.>`.
+//!
+//! Each message is one batch, handled like an HTTP request: the credential comes from the
+//! `Authorization` header (`Bearer <jwt or api key>`, or the bare key), the tenant in the
+//! subject must be the credential's tenant, the payload is a JSON object, a JSON array or
+//! NDJSON, and the batch is validated and made durable in the WAL before the reply (the same
+//! JSON as HTTP: the acknowledgement, or an RFC 9457 problem) is sent to the message's reply
+//! subject. Replies carry `Alluvium-Status` (the HTTP status) and, for errors, `Alluvium-Code`.
+//! `Idempotency-Key` or `Nats-Msg-Id` makes a retry answer with the first batch's sequences.
+//!
+//! Many messages are in flight at once (bounded), so their WAL writes share group commits.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use alluvium_actors::auth::AuthError;
+use alluvium_actors::ids::TenantId;
+use alluvium_actors::schema::translate::BodyFormat;
+use alluvium_actors::wal::messages::Durability;
+use alluvium_nats::async_nats::{self, HeaderMap};
+use alluvium_nats::{Subjects, headers};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+
+use crate::error::Problem;
+use crate::ingest::{IngestAck, IngestRequest, Source};
+use crate::{Node, PipelineError};
+
+/// Settings of the NATS ingest source.
+#[derive(Debug, Clone)]
+pub struct NatsIngestConfig {
+    /// Queue group shared by every ingest node, so each message is handled once.
+    pub queue_group: String,
+    /// Messages handled at once; more wait in the subscription's buffer.
+    pub max_in_flight: usize,
+    /// Durability when the message does not ask (`Alluvium-Durability`).
+    pub default_durability: Durability,
+}
+
+impl Default for NatsIngestConfig {
+    fn default() -> Self {
+        Self {
+            queue_group: "alluvium-ingest".into(),
+            max_in_flight: 1024,
+            default_durability: Durability::Wal,
+        }
+    }
+}
+
+/// Counters of the NATS ingest source.
+#[derive(Debug, Default)]
+pub struct NatsIngestStats {
+    /// Messages received.
+    pub messages: AtomicU64,
+    /// Events accepted (made durable).
+    pub events: AtomicU64,
+    /// Payload bytes of accepted messages.
+    pub bytes: AtomicU64,
+    /// Messages answered with an error.
+    pub errors: AtomicU64,
+    /// Messages answered as duplicates of an earlier one.
+    pub duplicates: AtomicU64,
+    /// Replies that could not be sent.
+    pub reply_failures: AtomicU64,
+}
+
+/// Subscribes to the ingest subjects; the subscription is registered with the server when
+/// this returns, so messages published from then on are received.
+pub async fn subscribe(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    config: &NatsIngestConfig,
+) -> Result<async_nats::Subscriber, crate::link::LinkError> {
+    let sub = client
+        .queue_subscribe(subjects.ingest_all(), config.queue_group.clone())
+        .await
+        .map_err(|e| {
+            crate::link::LinkError(format!(
+                "cannot subscribe to {}: {e}",
+                subjects.ingest_all()
+            ))
+        })?;
+    client
+        .flush()
+        .await
+        .map_err(|e| crate::link::LinkError(format!("cannot reach NATS: {e}")))?;
+    tracing::info!(subject = %subjects.ingest_all(), queue = %config.queue_group, "NATS ingest subscribed");
+    Ok(sub)
+}
+
+/// Handles ingest messages of `sub` until it ends (the client closed), many at once.
+pub async fn serve(
+    mut sub: async_nats::Subscriber,
+    node: Node,
+    client: async_nats::Client,
+    subjects: Subjects,
+    config: NatsIngestConfig,
+    stats: Arc<NatsIngestStats>,
+) {
+    let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    let ctx = Arc::new((node, client, subjects, config, stats));
+    while let Some(msg) = sub.next().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let ctx = ctx.clone();
+        actix::spawn(async move {
+            let (node, client, subjects, config, stats) = &*ctx;
+            handle(node, client, subjects, config, stats, msg).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn handle(
+    node: &Node,
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    config: &NatsIngestConfig,
+    stats: &NatsIngestStats,
+    msg: async_nats::Message,
+) {
+    stats.messages.fetch_add(1, Ordering::Relaxed);
+    let size = msg.payload.len() as u64;
+    let result = ingest_message(node, subjects, config, &msg).await;
+    let (status, code, body) = match &result {
+        Ok(ack) => {
+            stats
+                .events
+                .fetch_add(ack.accepted as u64, Ordering::Relaxed);
+            stats.bytes.fetch_add(size, Ordering::Relaxed);
+            if ack.duplicate {
+                stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            (200, None, serde_json::to_vec(ack))
+        }
+        Err(p) => {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            if p.status >= 500 {
+                tracing::error!(code = p.code, detail = %p.detail, subject = %msg.subject, "NATS ingest failed");
+            }
+            (p.status, Some(p.code), serde_json::to_vec(p))
+        }
+    };
+    let Some(reply) = msg.reply else {
+        // Fire-and-forget publish: nobody to answer. Rejected batches still reach the rejects
+        // stream.
+        return;
+    };
+    let mut h = HeaderMap::new();
+    h.insert(headers::STATUS, status.to_string().as_str());
+    h.insert(headers::CONTENT_TYPE, "application/json");
+    if let Some(code) = code {
+        h.insert(headers::CODE, code);
+    }
+    let body = Bytes::from(body.unwrap_or_default());
+    if let Err(e) = client.publish_with_headers(reply, h, body).await {
+        stats.reply_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %e, "cannot send a NATS ingest reply");
+    }
+}
+
+fn header<'a>(msg: &'a async_nats::Message, name: &str) -> Option<&'a str> {
+    msg.headers.as_ref()?.get(name).map(|v| v.as_str())
+}
+
+fn bad_request(code: &'static str, detail: String) -> Problem {
+    Problem::new(400, code, detail)
+}
+
+/// Handles one message: everything a reply needs, as the acknowledgement or the problem.
+pub async fn ingest_message(
+    node: &Node,
+    subjects: &Subjects,
+    config: &NatsIngestConfig,
+    msg: &async_nats::Message,
+) -> Result<IngestAck, Problem> {
+    let subject = msg.subject.as_str();
+    let Some((tenant, table)) = subjects.parse_ingest(subject) else {
+        return Err(bad_request(
+            "invalid_subject",
+            format!(
+                "{:?} is not an ingest subject: publish to {}.ingest.<tenant>.<table>, each token \
+                 free of '.', '*', '>', whitespace and control characters",
+                headers::sanitize(subject),
+                subjects.prefix()
+            ),
+        ));
+    };
+    let credential = header(msg, headers::AUTHORIZATION)
+        .ok_or(headers::HeaderError::MissingCredential)
+        .and_then(headers::credential)
+        .map_err(|_| PipelineError::Auth(AuthError::Unauthenticated).problem())?;
+    let principal = node
+        .authenticate(credential)
+        .await
+        .map_err(|e| e.problem())?;
+    let tenant = TenantId::new(tenant).map_err(|e| PipelineError::Name(e).problem())?;
+    if tenant != principal.tenant {
+        return Err(Problem::new(
+            403,
+            "tenant_mismatch",
+            format!(
+                "the credential belongs to tenant {:?} and cannot write to a subject of tenant {:?}",
+                principal.tenant.as_str(),
+                tenant.as_str()
+            ),
+        ));
+    }
+    let key = header(msg, headers::IDEMPOTENCY_KEY).or_else(|| header(msg, headers::NATS_MSG_ID));
+    let idempotency_key = match key {
+        Some(k) => Some(
+            headers::idempotency_key(k)
+                .map_err(|e| bad_request("invalid_idempotency_key", e.to_string()))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let durability = match header(msg, headers::DURABILITY).map(str::trim) {
+        None | Some("") => config.default_durability,
+        Some("wal") => Durability::Wal,
+        Some("received") => Durability::Received,
+        Some(other) => {
+            return Err(bad_request(
+                "bad_request",
+                format!(
+                    "{} header {:?}: use wal or received",
+                    headers::DURABILITY,
+                    headers::sanitize(other)
+                ),
+            ));
+        }
+    };
+    let format = match header(msg, headers::CONTENT_TYPE).map(|v| {
+        v.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    }) {
+        None => detect_format(&msg.payload),
+        Some(t) if t.is_empty() => detect_format(&msg.payload),
+        Some(t) if t == "application/json" => BodyFormat::Json,
+        Some(t)
+            if matches!(
+                t.as_str(),
+                "application/x-ndjson" | "application/ndjson" | "application/jsonl"
+            ) =>
+        {
+            BodyFormat::Ndjson
+        }
+        Some(t) => {
+            return Err(Problem::new(
+                415,
+                "unsupported_media_type",
+                format!(
+                    "content type {:?} is not accepted; use application/json or application/x-ndjson",
+                    headers::sanitize(&t)
+                ),
+            ));
+        }
+    };
+    let request = IngestRequest {
+        table: table.to_string(),
+        body: msg.payload.clone(),
+        format,
+        durability,
+        idempotency_key,
+        source: Source::Nats,
+    };
+    node.ingest_batch(&principal, request)
+        .await
+        .map_err(|e| e.problem())
+}
+
+/// The framing of a payload without a content type: a JSON array, or one JSON object (also
+/// pretty-printed over several lines), is JSON; several objects one per line are NDJSON.
+pub fn detect_format(payload: &[u8]) -> BodyFormat {
+    let text = payload.trim_ascii();
+    if text.first() == Some(&b'[') {
+        return BodyFormat::Json;
+    }
+    let Some(nl) = text.iter().position(|&b| b == b'\n') else {
+        return BodyFormat::Json;
+    };
+    // NDJSON: the first line is a whole object. A pretty-printed object's first line is not.
+    let first = text[..nl].trim_ascii();
+    if first.len() > 1 && first.first() == Some(&b'{') && first.last() == Some(&b'}') {
+        BodyFormat::Ndjson
+    } else {
+        BodyFormat::Json
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_formats() {
+        assert_eq!(detect_format(b"{\"a\":1}"), BodyFormat::Json);
+        assert_eq!(detect_format(b" [{\"a\":1},\n{\"a\":2}]"), BodyFormat::Json);
+        assert_eq!(detect_format(b"{\"a\":1}\n{\"a\":2}\n"), BodyFormat::Ndjson);
+        assert_eq!(detect_format(b"{\"a\":1}\r\n{\"a\":2}"), BodyFormat::Ndjson);
+        assert_eq!(detect_format(b"{\n  \"a\": 1\n}\n"), BodyFormat::Json);
+        assert_eq!(detect_format(b"{\"a\": {\n \"b\": 1}}"), BodyFormat::Json);
+        assert_eq!(detect_format(b""), BodyFormat::Json);
+    }
+}
