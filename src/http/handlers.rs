@@ -42,7 +42,7 @@ fn credential(headers: &HeaderMap) -> Result<&str> {
     Err(AuthError::Unauthenticated.into())
 }
 
-async fn principal(state: &AppState, req: &HttpRequest) -> Result<Principal> {
+pub(super) async fn principal(state: &AppState, req: &HttpRequest) -> Result<Principal> {
     let cred = credential(req.headers())?;
     if cred.is_empty() {
         return Err(AuthError::Unauthenticated.into());

@@ -4,6 +4,7 @@
 //! result; errors become problem+json in [`error`].
 
 pub mod error;
+mod events;
 mod handlers;
 
 use actix_web::web;
@@ -34,6 +35,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::scope("/v1")
                 .route("/keys", web::post().to(handlers::create_key))
+                .route("/events", web::get().to(events::events))
                 .route("/tables", web::get().to(handlers::list_tables))
                 .route("/tables/{table}", web::put().to(handlers::create_table))
                 .route("/tables/{table}", web::get().to(handlers::get_table))

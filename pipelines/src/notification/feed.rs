@@ -180,7 +180,12 @@ impl EventHub {
             }
             last = last.max((feed.version(), usize::MAX));
             loop {
-                match live.recv().await {
+                let received = tokio::select! {
+                    r = live.recv() => r,
+                    // The subscriber went away: stop, even if no commit comes.
+                    () = out.closed() => return Ok(()),
+                };
+                match received {
                     Ok(e) => {
                         if pos_of(&e) > last {
                             last = pos_of(&e);
