@@ -1,4 +1,5 @@
-//! The command line: `serve`, `token mint`, `wal inspect|verify`, `bench http`.
+//! The command line: `serve`, `token mint`, `wal inspect|verify`, `rejects list|replay`,
+//! `bench http|tables|nats`.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -34,6 +35,65 @@ enum Command {
     /// Load generators against a running server.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
+    /// Batches refused by ingest, kept on NATS (stream ALLUVIUM_REJECTS): list or replay them.
+    #[command(subcommand)]
+    Rejects(RejectsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RejectsCommand {
+    /// Prints the rejects of a tenant (or table) as JSON lines, oldest first.
+    List(RejectsArgs),
+    /// Sends the rejects again (after a schema fix) through the ingest subjects; prints a
+    /// report, and exits 1 if any is refused again.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+struct RejectsArgs {
+    /// NATS server URL.
+    #[arg(
+        long,
+        env = "ALLUVIUM_NATS__URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats_url: String,
+    /// Subject prefix.
+    #[arg(long, default_value = "alluvium")]
+    prefix: String,
+    /// Tenant whose rejects to read.
+    #[arg(long)]
+    tenant: String,
+    /// Only this table's rejects.
+    #[arg(long)]
+    table: Option<String>,
+    /// At most this many.
+    #[arg(long, default_value_t = 10_000)]
+    limit: usize,
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    rejects: RejectsArgs,
+    /// Credential of the tenant with the ingest scope (API key or JWT).
+    #[arg(long, env = "ALLUVIUM_API_KEY")]
+    key: String,
+    /// Delete accepted rejects from the stream.
+    #[arg(long)]
+    delete: bool,
+}
+
+impl RejectsArgs {
+    fn query(&self) -> crate::rejects::RejectsQuery {
+        crate::rejects::RejectsQuery {
+            nats_url: self.nats_url.clone(),
+            prefix: self.prefix.clone(),
+            tenant: self.tenant.clone(),
+            table: self.table.clone(),
+            limit: self.limit,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +179,33 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Bench(cmd) => crate::bench::run(cmd),
+        Command::Rejects(cmd) => {
+            let _guard = crate::telemetry::init("warn", &Default::default())?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            match cmd {
+                RejectsCommand::List(args) => {
+                    for r in rt.block_on(crate::rejects::list(&args.query()))? {
+                        println!("{}", serde_json::to_string(&r)?);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                RejectsCommand::Replay(args) => {
+                    let report = rt.block_on(crate::rejects::replay(
+                        &args.rejects.query(),
+                        &args.key,
+                        args.delete,
+                    ))?;
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                    Ok(if report.still_rejected.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
+                }
+            }
+        }
         Command::Serve(args) => {
             let mut config = args.config.load()?;
             let _guard = crate::telemetry::init("info", &config.telemetry)?;

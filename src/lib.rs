@@ -1,5 +1,5 @@
-//! alluvium lands JSON event streams in a Parquet lake: producers POST events (or, later,
-//! publish them on NATS); alluvium authenticates them, checks them against each table's
+//! alluvium lands JSON event streams in a Parquet lake: producers POST events or publish
+//! them on NATS; alluvium authenticates them, checks them against each table's
 //! schema, makes them durable in a checksummed write-ahead log, buffers them in skiplist
 //! memtables, flushes them to Parquet and records every file in a catalog.
 //!
@@ -12,5 +12,6 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod rejects;
 pub mod server;
 pub mod telemetry;

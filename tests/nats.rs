@@ -687,3 +687,91 @@ async fn a_nats_restart_mid_stream_loses_nothing_acknowledged() {
     ns.sort();
     assert_eq!(ns, (0..(BATCHES as i64 * 5)).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejects_are_replayed_after_a_schema_fix_and_only_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"));
+    let server = start_with_nats(&dir.path().join("data"), &nats, &[]);
+    let v1 = json!({"fields": [{"name": "n", "type": "int64"}]});
+    create_table(&server, ADMIN_KEY, "t", &v1);
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    for body in [
+        "{\"n\":1,\"color\":\"red\"}",
+        "{\"n\":2,\"color\":\"blue\"}\n{\"n\":3}",
+    ] {
+        let (status, problem) =
+            request(&client, "alluvium.ingest.default.t", auth(ADMIN_KEY), body).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (400, Some("unknown_field"))
+        );
+    }
+    let url = nats.url();
+    let cli = |args: &[&str]| rejects_cli(&url, args);
+    // Listed with their reasons; a replay before the fix fails again and keeps them.
+    let listed = wait_for(Duration::from_secs(10), || {
+        let (_, out, _) = cli(&["list"]);
+        (out.lines().count() == 2).then_some(out)
+    })
+    .expect("rejects not listed");
+    assert!(listed.contains("\"code\":\"unknown_field\""), "{listed}");
+    let (code, out, err) = cli(&["replay", "--key", ADMIN_KEY, "--delete"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        report["still_rejected"].as_array().unwrap().len(),
+        2,
+        "{report}"
+    );
+    assert_eq!(count(&server, "t"), 0);
+
+    // The fix: a nullable `color`. The replay stores both batches, once, and clears them.
+    let mut v2 = v1.clone();
+    v2["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "color", "type": "utf8", "nullable": true}));
+    create_table(&server, ADMIN_KEY, "t", &v2);
+    let (code, out, err) = cli(&["replay", "--key", ADMIN_KEY]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            report["accepted"].as_u64(),
+            report["accepted_events"].as_u64()
+        ),
+        (Some(2), Some(3)),
+        "{report}"
+    );
+    // Replaying again (without --delete the rejects are still there) stores nothing twice.
+    let (code, out, _) = cli(&["replay", "--key", ADMIN_KEY, "--delete"]);
+    assert_eq!(code, Some(0));
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (report["duplicates"].as_u64(), report["deleted"].as_u64()),
+        (Some(2), Some(2)),
+        "{report}"
+    );
+    let rows = query_all(&server, ADMIN_KEY, "t", &json!({}));
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().any(|r| r["color"] == "blue"));
+    let (_, out, _) = cli(&["list"]);
+    assert_eq!(out.lines().count(), 0, "{out}");
+}
+
+/// Runs `alluvium rejects ARGS` for tenant `default`, table `t`: (exit code, stdout, stderr).
+fn rejects_cli(url: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(binary())
+        .arg("rejects")
+        .args(args)
+        .args(["--nats-url", url, "--tenant", "default", "--table", "t"])
+        .env_remove("ALLUVIUM_NATS__URL")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -15,6 +15,9 @@ pub const DURABILITY: &str = "Alluvium-Durability";
 pub const STATUS: &str = "Alluvium-Status";
 /// On replies with an error: its stable code.
 pub const CODE: &str = "Alluvium-Code";
+/// On a batch sent again by `alluvium rejects replay`: the reject's stream sequence. A replayed
+/// batch that fails again is not published as a new reject.
+pub const REPLAY: &str = "Alluvium-Replay";
 /// On commit events: the event's id, `{catalog_version}:{index}`.
 pub const EVENT_ID: &str = "Alluvium-Event-Id";
 

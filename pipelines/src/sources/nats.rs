@@ -267,7 +267,11 @@ pub async fn ingest_message(
         format,
         durability,
         idempotency_key,
-        source: Source::Nats,
+        source: if header(msg, headers::REPLAY).is_some() {
+            Source::Replay
+        } else {
+            Source::Nats
+        },
     };
     node.ingest_batch(&principal, request)
         .await
