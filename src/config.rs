@@ -137,6 +137,9 @@ pub struct Config {
     pub telemetry: crate::telemetry::TelemetryConfig,
     /// NATS: ingest subjects, commit events and rejects. Off unless `url` is set.
     pub nats: NatsSection,
+    /// `[[webhooks]]`: endpoints that receive commit events as signed HTTP POSTs, each with
+    /// its own cursor, retries and dead-letter log. Default: none.
+    pub webhooks: Vec<WebhookSection>,
 }
 
 impl Default for Config {
@@ -151,6 +154,7 @@ impl Default for Config {
             auth: AuthSection::default(),
             telemetry: crate::telemetry::TelemetryConfig::default(),
             nats: NatsSection::default(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -312,6 +316,11 @@ pub struct NatsSection {
     pub token: Option<String>,
     /// Whether this node subscribes to the ingest subjects. Default: true.
     pub ingest: bool,
+    /// `core` (a queue-group subscription; producers send requests and get the ack or error
+    /// as the reply) or `jetstream` (producers publish to the `ALLUVIUM_INGEST` stream; a
+    /// durable consumer acknowledges each message once its events are in the WAL).
+    /// Default: `core`.
+    pub ingest_mode: IngestMode,
     /// Queue group of the ingest subscription (nodes in one group share the messages).
     /// Default: `alluvium-ingest`.
     pub queue_group: String,
@@ -329,6 +338,16 @@ pub struct NatsSection {
     pub duplicate_window: HumanDuration,
 }
 
+/// How NATS ingest receives messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IngestMode {
+    /// Core NATS request/reply.
+    Core,
+    /// A durable consumer of the `ALLUVIUM_INGEST` stream.
+    Jetstream,
+}
+
 impl Default for NatsSection {
     fn default() -> Self {
         Self {
@@ -336,6 +355,7 @@ impl Default for NatsSection {
             prefix: "alluvium".into(),
             token: None,
             ingest: true,
+            ingest_mode: IngestMode::Core,
             queue_group: "alluvium-ingest".into(),
             max_in_flight: 1024,
             publish_events: true,
@@ -343,6 +363,69 @@ impl Default for NatsSection {
             retention: HumanDuration(Duration::from_secs(7 * 86_400)),
             duplicate_window: HumanDuration(Duration::from_secs(3600)),
         }
+    }
+}
+
+/// `[[webhooks]]`: one endpoint receiving commit events (`flushed`, `compacted`, `schema`) as
+/// JSON POSTs signed with `Alluvium-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret,
+/// "<t>.<body>")>`. Also settable as `ALLUVIUM_WEBHOOKS='[{name = "...", url = "...", ...}]'`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSection {
+    /// Names the webhook's cursor and dead-letter files (`<data_dir>/notify/webhook-{name}.*`):
+    /// `[a-z0-9_-]{1,64}`, unique. Required.
+    pub name: String,
+    /// Endpoint receiving the POSTs: `http://...` or `https://...`. Required.
+    pub url: String,
+    /// Key of the HMAC-SHA256 signature, at least 16 bytes. Required.
+    pub secret: String,
+    /// Only events of this tenant. Default: every tenant.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Only events of tables with this name. Default: every table.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Only events of these kinds (`flushed`, `compacted`, `schema`). Default: `[]`, every
+    /// kind.
+    #[serde(default)]
+    pub kinds: Vec<alluvium_nats::CommitKind>,
+    /// Attempts per event (backoff 200 ms doubling, at most 30 s) before it is written to the
+    /// dead-letter log `<data_dir>/notify/webhook-{name}.deadletter.ndjson`. Default: 8.
+    #[serde(default = "default_webhook_max_attempts")]
+    pub max_attempts: u32,
+    /// Limit on one attempt, from connecting to reading the answer. Default: `10s`.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_webhook_max_attempts() -> u32 {
+    alluvium_pipelines::notification::webhooks::WebhookConfig::DEFAULT_MAX_ATTEMPTS
+}
+
+fn default_webhook_timeout() -> HumanDuration {
+    HumanDuration(alluvium_pipelines::notification::webhooks::WebhookConfig::DEFAULT_TIMEOUT)
+}
+
+impl WebhookSection {
+    /// The delivery settings it describes (not yet validated).
+    pub fn webhook_config(&self) -> alluvium_pipelines::notification::webhooks::WebhookConfig {
+        alluvium_pipelines::notification::webhooks::WebhookConfig {
+            name: self.name.clone(),
+            url: self.url.clone(),
+            secret: self.secret.clone(),
+            tenant: self.tenant.clone(),
+            table: self.table.clone(),
+            kinds: self.kinds.clone(),
+            max_attempts: self.max_attempts,
+            timeout: self.timeout.0,
+        }
+    }
+}
+
+/// The secret stays out of logs.
+impl std::fmt::Debug for WebhookSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.webhook_config(), f)
     }
 }
 
@@ -515,5 +598,77 @@ mod tests {
             "7d".parse::<HumanDuration>().unwrap(),
             HumanDuration(Duration::from_secs(7 * 86_400))
         );
+    }
+
+    #[test]
+    fn webhooks_load_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("w.toml");
+        std::fs::write(
+            &f,
+            r#"
+[[webhooks]]
+name = "ops"
+url = "https://hooks.example.com/alluvium"
+secret = "0123456789abcdef-ops"
+tenant = "default"
+table = "clicks"
+kinds = ["flushed", "compacted"]
+max_attempts = 3
+timeout = "2s"
+
+[[webhooks]]
+name = "audit"
+url = "http://127.0.0.1:9000/hook"
+secret = "0123456789abcdef-audit"
+"#,
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), Vec::new()).unwrap();
+        let hooks: Vec<_> = c.webhooks.iter().map(|w| w.webhook_config()).collect();
+        assert_eq!(hooks.len(), 2);
+        assert_eq!(hooks[0].name, "ops");
+        assert_eq!(hooks[0].url, "https://hooks.example.com/alluvium");
+        assert_eq!(hooks[0].tenant.as_deref(), Some("default"));
+        assert_eq!(hooks[0].table.as_deref(), Some("clicks"));
+        assert_eq!(
+            hooks[0].kinds,
+            [
+                alluvium_nats::CommitKind::Flushed,
+                alluvium_nats::CommitKind::Compacted
+            ]
+        );
+        assert_eq!(hooks[0].max_attempts, 3);
+        assert_eq!(hooks[0].timeout, Duration::from_secs(2));
+        assert_eq!(hooks[1].tenant, None);
+        assert!(hooks[1].kinds.is_empty());
+        assert_eq!(hooks[1].max_attempts, 8);
+        assert_eq!(hooks[1].timeout, Duration::from_secs(10));
+        alluvium_pipelines::notification::webhooks::validate_all(&hooks).unwrap();
+        assert!(!format!("{c:?}").contains("0123456789abcdef-ops"));
+        assert!(Config::load(None, Vec::new()).unwrap().webhooks.is_empty());
+
+        std::fs::write(
+            &f,
+            "[[webhooks]]\nname = \"x\"\nurl = \"http://h\"\nsecret = \"0123456789abcdef\"\nkinds = [\"flushd\"]\n",
+        )
+        .unwrap();
+        let e = Config::load(Some(&f), Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("flushd"), "{e}");
+        std::fs::write(&f, "[[webhooks]]\nname = \"x\"\nurl = \"http://h\"\n").unwrap();
+        let e = Config::load(Some(&f), Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("secret"), "{e}");
+
+        let c = Config::load(
+            None,
+            env(&[(
+                "ALLUVIUM_WEBHOOKS",
+                r#"[{name = "e", url = "http://127.0.0.1:1/", secret = "0123456789abcdef", max_attempts = 2}]"#,
+            )]),
+        )
+        .unwrap();
+        assert_eq!(c.webhooks.len(), 1);
+        assert_eq!(c.webhooks[0].name, "e");
+        assert_eq!(c.webhooks[0].max_attempts, 2);
     }
 }

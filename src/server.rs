@@ -80,6 +80,7 @@ pub fn link_config(config: &Config) -> Option<LinkConfig> {
             queue_group: n.queue_group.clone(),
             max_in_flight: n.max_in_flight.max(1),
             default_durability: config.ingest.durability,
+            jetstream: n.ingest_mode == crate::config::IngestMode::Jetstream,
         }),
         publish_events: n
             .publish_events
@@ -93,6 +94,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     // Before anything touches the disk, so a failpoint can fire at the first write.
     alluvium_actors::failpoint::init_from_env()
         .with_context(|| format!("bad {}", alluvium_actors::failpoint::ENV_VAR))?;
+    // Checked before the node starts: a bad webhook refuses the start, before any recovery.
+    let webhooks: Vec<_> = config.webhooks.iter().map(|w| w.webhook_config()).collect();
+    alluvium_pipelines::notification::webhooks::validate_all(&webhooks)
+        .map_err(|e| anyhow::anyhow!("invalid [[webhooks]] configuration: {e}"))?;
     let system = actix_web::rt::System::new();
     system.block_on(async move {
         let node = Node::start(node_config(&config))
@@ -122,6 +127,14 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             }
             None => None,
         };
+        for webhook in webhooks {
+            actix::spawn(alluvium_pipelines::notification::webhooks::deliver(
+                node.commit_events().clone(),
+                webhook,
+                config.data_dir.clone(),
+                Default::default(),
+            ));
+        }
         let state = AppState {
             node,
             nats,

@@ -224,6 +224,15 @@ async fn ingest_by_request_reply_with_the_errors_of_http() {
     assert_eq!(first["first_seq"], again["first_seq"]);
     assert_eq!(again["duplicate"], true, "{again}");
     assert!(first.get("duplicate").is_none(), "{first}");
+    // The same key for another batch is refused, not answered as a duplicate.
+    let mut h = auth(ADMIN_KEY);
+    h.insert("Nats-Msg-Id", "batch-17");
+    let (status, problem) = request(&client, subject, h, "{\"n\":99}").await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (409, Some("idempotency_key_reused")),
+        "{problem}"
+    );
     let mut h = auth(ADMIN_KEY);
     h.insert("Idempotency-Key", "k\u{1}");
     let (status, problem) = request(&client, subject, h, "{\"n\":12}").await;
@@ -583,6 +592,8 @@ async fn an_independent_client_nats_py_gets_the_same_contract() {
         report["retry"]
     );
     assert_eq!(report["retry"]["body"]["first_seq"], 1);
+    assert_eq!(report["reused"]["status"], "409");
+    assert_eq!(report["reused"]["code"], "idempotency_key_reused");
     assert_eq!(report["error"]["status"], "400");
     assert_eq!(report["error"]["code"], "type_mismatch");
     assert_eq!(report["error"]["body"]["code"], "type_mismatch");
@@ -774,4 +785,104 @@ fn rejects_cli(url: &str, args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_mode_acks_after_the_wal_and_stores_redeliveries_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"));
+    let data = dir.path().join("data");
+    let env = [("ALLUVIUM_NATS__INGEST_MODE", "jetstream")];
+    let mut server = start_with_nats(&data, &nats, &env);
+    create_table(
+        &server,
+        ADMIN_KEY,
+        "j",
+        &json!({"fields": [{"name": "n", "type": "int64"}]}),
+    );
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    // Half the batches carry a message id, half rely on the stream sequence.
+    const BATCHES: i64 = 400;
+    let mut acks = Vec::new();
+    for i in 0..BATCHES {
+        let mut h = auth(ADMIN_KEY);
+        if i % 2 == 0 {
+            h.insert("Nats-Msg-Id", format!("j-{i}").as_str());
+        }
+        let body: String = (0..5)
+            .map(|j| format!("{{\"n\":{}}}\n", i * 5 + j))
+            .collect();
+        acks.push(
+            js.publish_with_headers("alluvium.ingest.default.j", h, Bytes::from(body))
+                .await
+                .unwrap(),
+        );
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+    // A crash while the consumer is working: unacknowledged messages are redelivered after
+    // the restart, and those already in the WAL are not stored again.
+    server.kill9();
+    let server = start_with_nats(&data, &nats, &env);
+    // A bad batch is refused for good and goes to the rejects stream.
+    js.publish_with_headers(
+        "alluvium.ingest.default.j",
+        auth(ADMIN_KEY),
+        Bytes::from_static(b"{\"n\":\"x\"}"),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let all = wait_for(Duration::from_secs(30), || {
+        (count(&server, "j") == (BATCHES * 5) as usize).then_some(())
+    });
+    assert!(
+        all.is_some(),
+        "only {} of {} events stored",
+        count(&server, "j"),
+        BATCHES * 5
+    );
+    let rows = query_all(&server, ADMIN_KEY, "j", &json!({}));
+    let mut ns: Vec<i64> = rows.iter().map(|r| r["n"].as_i64().unwrap()).collect();
+    ns.sort();
+    assert_eq!(
+        ns,
+        (0..BATCHES * 5).collect::<Vec<_>>(),
+        "every event exactly once"
+    );
+    // The work queue empties: everything was acknowledged or terminated.
+    let drained = wait_for(Duration::from_secs(10), || {
+        let js = js.clone();
+        let n = futures::executor::block_on(async move {
+            js.get_stream("ALLUVIUM_INGEST")
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .state
+                .messages
+        });
+        (n == 0).then_some(())
+    });
+    assert!(drained.is_some(), "messages left in ALLUVIUM_INGEST");
+    let stream = js.get_stream("ALLUVIUM_REJECTS").await.unwrap();
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            filter_subject: "alluvium.rejects.default.j".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+        .await
+        .expect("no reject")
+        .unwrap()
+        .unwrap();
+    let reject: Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(reject["code"], "type_mismatch");
 }

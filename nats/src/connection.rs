@@ -91,7 +91,10 @@ impl Connection {
                 .connection_timeout(config.connect_timeout)
                 .max_reconnects(None)
                 .reconnect_delay_callback(backoff)
-                .subscription_capacity(1 << 16)
+                // Messages buffered per subscription before the server drops them as a slow
+                // consumer; ingest answers 503 at once when its in-flight limit is reached,
+                // so the buffer drains quickly.
+                .subscription_capacity(8192)
                 .event_callback(move |event| {
                     let stats = events.clone();
                     async move { on_event(&stats, event) }

@@ -13,6 +13,8 @@ pub const CONTENT_TYPE: &str = "Content-Type";
 pub const DURABILITY: &str = "Alluvium-Durability";
 /// On replies: the HTTP status the same request would have got (`200`, `400`, ...).
 pub const STATUS: &str = "Alluvium-Status";
+/// On replies of 429 and 503: seconds to wait before retrying.
+pub const RETRY_AFTER: &str = "Retry-After";
 /// On replies with an error: its stable code.
 pub const CODE: &str = "Alluvium-Code";
 /// On a batch sent again by `alluvium rejects replay`: the reject's stream sequence. A replayed

@@ -157,6 +157,7 @@ impl PipelineError {
             P::Wal(e) => match e {
                 WalError::RecordTooLarge { .. } => (413, "batch_too_large"),
                 WalError::Poisoned { .. } => (503, "wal_poisoned"),
+                WalError::IdempotencyKeyReused { .. } => (409, "idempotency_key_reused"),
                 _ => (503, "wal_unavailable"),
             },
             P::Flush(_) => (503, "flush_failed"),

@@ -14,6 +14,7 @@ use alluvium_actors::schema::messages::{
 };
 use alluvium_actors::schema::translate::BodyFormat;
 use alluvium_actors::schema::{FieldType, TableSchema};
+use alluvium_actors::wal::dedupe::{IdempotencyKey, body_hash};
 use alluvium_actors::wal::messages::{Append, Durability, Durable, LookupKey};
 use bytes::Bytes;
 use serde::Serialize;
@@ -144,12 +145,16 @@ impl Node {
     ) -> Result<IngestAck, PipelineError> {
         principal.require(Scope::Ingest)?;
         let table = Self::table_ref(principal, &request.table)?;
-        if let Some(key) = &request.idempotency_key {
+        let key = request.idempotency_key.clone().map(|key| IdempotencyKey {
+            key,
+            body_hash: body_hash(&request.body),
+        });
+        if let Some(key) = &key {
             let lookup = LookupKey {
                 table: table.clone(),
                 key: key.clone(),
             };
-            if let Some(durable) = self.wal.send(lookup).await? {
+            if let Some(durable) = self.wal.send(lookup).await?? {
                 return Ok(IngestAck::from_durable(durable, request.durability));
             }
         }
@@ -178,7 +183,7 @@ impl Node {
                 schema_version: validated.schema_version,
                 rows: validated.rows,
                 durability: request.durability,
-                idempotency_key: request.idempotency_key,
+                idempotency_key: key,
             })
             .await??;
         Ok(IngestAck::from_durable(durable, request.durability))

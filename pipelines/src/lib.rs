@@ -10,7 +10,7 @@
 //! - [`scan`]: reading committed files with pruning by statistics and bloom filters.
 //! - [`indexes`]: pruning files and row groups by their secondary index sidecars.
 //! - [`notification`]: commit events (flushes, compactions, schema versions) for subscribers
-//!   on NATS and server-sent events, and rejected batches.
+//!   on NATS, server-sent events and webhooks, and rejected batches.
 //! - [`sources`]: the NATS ingest source; [`link`]: the node's NATS connection, streams and
 //!   the tasks that use them.
 //!

@@ -77,7 +77,39 @@ impl NatsLink {
                 publish_stats.clone(),
             ));
         }
-        if let Some(ingest) = config.ingest {
+        if let Some(ingest) = config.ingest.clone().filter(|i| i.jetstream) {
+            ensure_stream(
+                &js,
+                alluvium_nats::jetstream::ingest_stream(&subjects, &config.streams),
+            )
+            .await?;
+            let consumer = crate::sources::nats::jetstream_consumer(&js, &ingest)
+                .await
+                .map_err(|e| NatsError::JetStream(e.0))?;
+            actix::spawn(crate::sources::nats::serve_jetstream(
+                consumer,
+                node.clone(),
+                subjects.clone(),
+                ingest,
+                ingest_stats.clone(),
+            ));
+        } else if let Some(ingest) = config.ingest {
+            // A stream over the ingest subjects would answer every request with its own
+            // acknowledgement before alluvium validated anything.
+            if let Ok(mut stream) = js.get_stream(alluvium_nats::jetstream::INGEST_STREAM).await {
+                let covered = stream
+                    .info()
+                    .await
+                    .map(|i| i.config.subjects.clone())
+                    .unwrap_or_default();
+                if covered.contains(&subjects.ingest_all()) {
+                    return Err(NatsError::Config(format!(
+                        "stream {} captures {} and would acknowledge requests before alluvium                          validates them: set [nats] ingest_mode = \"jetstream\", or delete the stream",
+                        alluvium_nats::jetstream::INGEST_STREAM,
+                        subjects.ingest_all()
+                    )));
+                }
+            }
             let client = connection.client.clone();
             let sub = crate::sources::nats::subscribe(&client, &subjects, &ingest)
                 .await

@@ -273,8 +273,9 @@ fn recover(
                 first_seq: record.first_seq,
                 last_seq,
                 at_us: record.ingested_at_us,
+                body_hash: key.body_hash,
             };
-            dedupe.insert(record.table.clone(), key, seen, now);
+            dedupe.insert(record.table.clone(), key.key, seen, now);
         }
         let seen = last.entry(record.table.clone()).or_insert(0);
         *seen = (*seen).max(last_seq);
@@ -310,6 +311,7 @@ fn recover(
         );
         Ok(())
     })?;
+    dedupe.sort();
     tracing::info!(
         replayed,
         skipped,

@@ -28,7 +28,7 @@ use actix::{
 };
 use tokio::sync::oneshot;
 
-use super::dedupe::{Dedupe, Seen, SnapshotWrite};
+use super::dedupe::{Dedupe, IdempotencyKey, Seen, SnapshotWrite};
 use super::messages::{Append, Durability, Durable, LookupKey};
 use super::{Wal, WalError, WalRecord};
 use crate::catalog::CatalogActor;
@@ -53,8 +53,9 @@ struct Waiter {
 
 type Reply = oneshot::Sender<Result<Durable, WalError>>;
 
-/// An idempotency key in flight: its batch is sequenced but not yet durable.
-type InFlight = HashMap<(TableRef, String), Vec<Reply>>;
+/// An idempotency key in flight: its batch (with this body hash) is sequenced but not yet
+/// durable.
+type InFlight = HashMap<(TableRef, String), (u64, Vec<Reply>)>;
 
 impl Waiter {
     fn answer(self, res: Result<Durable, WalError>) {
@@ -176,7 +177,7 @@ impl WalActor {
         for w in self.waiters.drain(..) {
             w.answer(Err(err.clone()));
         }
-        for (_, replies) in self.in_flight.drain() {
+        for (_, (_, replies)) in self.in_flight.drain() {
             for r in replies {
                 let _ = r.send(Err(err.clone()));
             }
@@ -192,7 +193,7 @@ impl WalActor {
             let Some((table, key, seen)) = k else {
                 continue;
             };
-            let waiting = self
+            let (_, waiting) = self
                 .in_flight
                 .remove(&(table.clone(), key.clone()))
                 .unwrap_or_default();
@@ -399,7 +400,7 @@ impl Supervised for WalActor {
         for w in self.waiters.drain(..) {
             w.answer(Err(err.clone()));
         }
-        for (_, replies) in self.in_flight.drain() {
+        for (_, (_, replies)) in self.in_flight.drain() {
             for r in replies {
                 let _ = r.send(Err(err.clone()));
             }
@@ -416,11 +417,21 @@ impl Handler<Append> for WalActor {
             return Box::pin(async move { Err(e) });
         }
         if let Some(key) = &msg.idempotency_key {
-            if let Some(seen) = self.dedupe.get(&msg.table, key, now_us()) {
-                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                return Box::pin(async move { Ok(seen.durable()) });
+            match self.known(&msg.table, key) {
+                Ok(Some(durable)) => return Box::pin(async move { Ok(durable) }),
+                Ok(None) => {}
+                Err(e) => return Box::pin(async move { Err(e) }),
             }
-            if let Some(replies) = self.in_flight.get_mut(&(msg.table.clone(), key.clone())) {
+            if let Some((hash, replies)) = self
+                .in_flight
+                .get_mut(&(msg.table.clone(), key.key.clone()))
+            {
+                if *hash != key.body_hash {
+                    let e = WalError::IdempotencyKeyReused {
+                        key: key.key.clone(),
+                    };
+                    return Box::pin(async move { Err(e) });
+                }
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 let (reply, rx) = oneshot::channel();
                 replies.push(reply);
@@ -457,8 +468,10 @@ impl Handler<Append> for WalActor {
             duplicate: false,
         };
         if let Some(key) = &record.idempotency_key {
-            self.in_flight
-                .insert((record.table.clone(), key.clone()), Vec::new());
+            self.in_flight.insert(
+                (record.table.clone(), key.key.clone()),
+                (key.body_hash, Vec::new()),
+            );
         }
         self.pending.push(record);
         if msg.durability == Durability::Received {
@@ -489,24 +502,40 @@ impl Handler<Append> for WalActor {
 type KeyOf = Option<(TableRef, String, Seen)>;
 
 fn key_of(record: &WalRecord) -> KeyOf {
-    let key = record.idempotency_key.clone()?;
+    let key = record.idempotency_key.as_ref()?;
     Some((
         record.table.clone(),
-        key,
+        key.key.clone(),
         Seen {
             first_seq: record.first_seq,
             last_seq: record.last_seq(),
             at_us: record.ingested_at_us,
+            body_hash: key.body_hash,
         },
     ))
 }
 
+impl WalActor {
+    /// The answer for a key already durable within the window, or the refusal of a key
+    /// reused for another body.
+    fn known(&self, table: &TableRef, key: &IdempotencyKey) -> Result<Option<Durable>, WalError> {
+        let Some(seen) = self.dedupe.get(table, &key.key, now_us()) else {
+            return Ok(None);
+        };
+        if seen.body_hash != key.body_hash {
+            return Err(WalError::IdempotencyKeyReused {
+                key: key.key.clone(),
+            });
+        }
+        self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(seen.durable()))
+    }
+}
+
 impl Handler<LookupKey> for WalActor {
-    type Result = Option<Durable>;
+    type Result = Result<Option<Durable>, WalError>;
 
     fn handle(&mut self, msg: LookupKey, _ctx: &mut Self::Context) -> Self::Result {
-        let seen = self.dedupe.get(&msg.table, &msg.key, now_us())?;
-        self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-        Some(seen.durable())
+        self.known(&msg.table, &msg.key)
     }
 }

@@ -41,6 +41,23 @@ impl Default for DedupeConfig {
     }
 }
 
+/// A producer's idempotency key with a fingerprint of the batch it came with, so a key reused
+/// for a different batch is refused instead of silently answered as a duplicate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The key (1 to 256 printable bytes).
+    pub key: String,
+    /// [`body_hash`] of the batch's body.
+    pub body_hash: u64,
+}
+
+/// A fingerprint of a request body: its length and CRC32. It tells a retry (same body) from a
+/// key reused for another batch by mistake; it is not a defence against a producer that
+/// tries to collide with its own keys.
+pub fn body_hash(body: &[u8]) -> u64 {
+    ((body.len() as u64) << 32) | u64::from(crc32fast::hash(body))
+}
+
 /// What the first batch with a key got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Seen {
@@ -50,6 +67,8 @@ pub struct Seen {
     pub last_seq: Seq,
     /// Its ingestion time, microseconds since the epoch.
     pub at_us: i64,
+    /// [`body_hash`] of its body.
+    pub body_hash: u64,
 }
 
 impl Seen {
@@ -161,21 +180,24 @@ impl Dedupe {
         (seen.at_us >= now_us.saturating_sub(self.window_us())).then_some(*seen)
     }
 
-    /// Remembers `key` (a later insert of the same key keeps the first).
+    /// Remembers `key` (a later insert of the same key keeps the first, unless the first has
+    /// left the window).
     pub fn insert(&mut self, table: TableRef, key: String, seen: Seen, now_us: i64) {
         self.expire(now_us);
-        if seen.at_us < now_us.saturating_sub(self.window_us()) {
+        let oldest = now_us.saturating_sub(self.window_us());
+        if seen.at_us < oldest {
             return;
         }
         let k = (table, key);
-        if self.map.contains_key(&k) {
+        if self.map.get(&k).is_some_and(|old| old.at_us >= oldest) {
             return;
         }
         while self.map.len() >= self.config.max_keys.max(1) {
-            let Some((_, old)) = self.order.pop_front() else {
+            let Some((at, old)) = self.order.pop_front() else {
                 break;
             };
-            if self.map.remove(&old).is_some() {
+            if self.map.get(&old).is_some_and(|s| s.at_us == at) {
+                self.map.remove(&old);
                 self.evicted += 1;
             }
         }
@@ -183,16 +205,26 @@ impl Dedupe {
         self.order.push_back((seen.at_us, k));
     }
 
-    /// Forgets keys older than the window. Keys arrive roughly in time order, so the scan stops
-    /// at the first young one.
+    /// Orders the keys by time after recovery (snapshot keys, then replayed ones, may
+    /// interleave), so expiry and eviction take the oldest first.
+    pub fn sort(&mut self) {
+        self.order.make_contiguous().sort_by_key(|(at, _)| *at);
+    }
+
+    /// Forgets keys older than the window. Keys arrive in time order (see [`Dedupe::sort`]),
+    /// so the scan stops at the first young one.
     pub fn expire(&mut self, now_us: i64) {
         let oldest = now_us.saturating_sub(self.window_us());
         while let Some((at, _)) = self.order.front() {
             if *at >= oldest {
                 break;
             }
-            if let Some((_, k)) = self.order.pop_front() {
-                self.map.remove(&k);
+            if let Some((at, k)) = self.order.pop_front() {
+                // Only if the map still holds this entry (a key re-inserted after its window
+                // has a younger entry further on).
+                if self.map.get(&k).is_some_and(|s| s.at_us == at) {
+                    self.map.remove(&k);
+                }
             }
         }
     }
@@ -212,8 +244,8 @@ impl Dedupe {
         let entries = self
             .order
             .iter()
-            .filter_map(|(_, k)| {
-                let seen = self.map.get(k)?;
+            .filter_map(|(at, k)| {
+                let seen = self.map.get(k).filter(|s| s.at_us == *at)?;
                 (seen.last_seq <= committed.get(&k.0).copied().unwrap_or(0)).then(|| {
                     SnapshotEntry {
                         table: k.0.clone(),
@@ -292,6 +324,7 @@ mod tests {
             first_seq: seq,
             last_seq: seq,
             at_us,
+            body_hash: 7,
         }
     }
 
@@ -308,8 +341,31 @@ mod tests {
         d.insert(t("a"), "k".into(), seen(9, MIN), MIN);
         assert_eq!(d.get(&t("a"), "k", MIN).unwrap().first_seq, 5);
         assert_eq!(d.get(&t("a"), "k", 16 * MIN), None);
-        d.expire(16 * MIN);
+        // Past its window, the key may be used again, and is remembered anew.
+        d.insert(t("a"), "k".into(), seen(20, 16 * MIN), 16 * MIN);
+        assert_eq!(d.get(&t("a"), "k", 16 * MIN).unwrap().first_seq, 20);
+        d.expire(40 * MIN);
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn recovered_keys_expire_oldest_first_after_sorting() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Dedupe::open(dir.path().join("i.json"), DedupeConfig::default(), 0).unwrap();
+        d.insert(t("a"), "young".into(), seen(1, 10 * MIN), 10 * MIN);
+        d.insert(t("a"), "old".into(), seen(2, MIN), 10 * MIN);
+        d.sort();
+        d.expire(16 * MIN + 1);
+        assert_eq!(d.get(&t("a"), "old", 16 * MIN + 1), None);
+        assert_eq!(d.len(), 1);
+        assert!(d.get(&t("a"), "young", 16 * MIN + 1).is_some());
+    }
+
+    #[test]
+    fn body_hashes_tell_bodies_apart() {
+        assert_eq!(body_hash(b"{\"n\":1}"), body_hash(b"{\"n\":1}"));
+        assert_ne!(body_hash(b"{\"n\":1}"), body_hash(b"{\"n\":2}"));
+        assert_ne!(body_hash(b""), body_hash(b"\0"));
     }
 
     #[test]

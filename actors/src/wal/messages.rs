@@ -27,18 +27,19 @@ pub struct Append {
     pub durability: Durability,
     /// The producer's idempotency key: a batch with a key seen within the window is answered
     /// with the first one's sequences and not stored again.
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<super::dedupe::IdempotencyKey>,
 }
 
 /// Looks up an idempotency key: the sequences of the batch that first used it, if it is
-/// durable and within the window (lets a retry skip validation).
+/// durable and within the window (lets a retry skip validation), or
+/// [`WalError::IdempotencyKeyReused`] if that batch had another body.
 #[derive(Debug, Message)]
-#[rtype(result = "Option<Durable>")]
+#[rtype(result = "Result<Option<Durable>, WalError>")]
 pub struct LookupKey {
     /// The table the key is scoped to.
     pub table: TableRef,
     /// The key.
-    pub key: String,
+    pub key: super::dedupe::IdempotencyKey,
 }
 
 /// The point at which an append is answered.

@@ -90,6 +90,15 @@ pub enum WalError {
         /// The failure that poisoned the log.
         cause: String,
     },
+    /// An idempotency key already stands for another batch (a different body) within the
+    /// window; nothing was written.
+    #[error(
+        "idempotency key {key:?} was already used for a different batch of this table; use a new key for new data"
+    )]
+    IdempotencyKeyReused {
+        /// The key.
+        key: String,
+    },
     /// The replay callback given to [`Wal::open`] refused a record.
     #[error("wal replay stopped: {reason}")]
     Replay {

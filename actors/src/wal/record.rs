@@ -3,8 +3,8 @@
 //! Payload layout, little endian: `u16 tenant_len | tenant | u16 table_len | table |
 //! u32 schema_version | u64 first_seq | i64 ingested_at_us | rows` where `rows` is
 //! [`crate::row::encode_rows`]. A record with an idempotency key (frame type 2) has
-//! `u16 key_len | key` between the ingestion time and the rows, so the key is durable in the
-//! same frame as the events it names. The payload is self-contained: it decodes without a
+//! `u16 key_len | key | u64 body_hash` between the ingestion time and the rows, so the key is
+//! durable in the same frame as the events it names. The payload is self-contained: it decodes without a
 //! schema.
 
 use std::fmt;
@@ -34,7 +34,7 @@ pub struct WalRecord {
     /// The rows, in sequence order.
     pub rows: Vec<Row>,
     /// The producer's idempotency key (scoped to the table), if the batch had one.
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<super::dedupe::IdempotencyKey>,
 }
 
 impl WalRecord {
@@ -56,7 +56,10 @@ impl WalRecord {
             + 4
             + 8
             + 8
-            + self.idempotency_key.as_ref().map_or(0, |k| 2 + k.len())
+            + self
+                .idempotency_key
+                .as_ref()
+                .map_or(0, |k| 2 + k.key.len() + 8)
             + crate::row::encoded_len(&self.rows)
     }
 
@@ -67,7 +70,8 @@ impl WalRecord {
         out.extend_from_slice(&self.first_seq.to_le_bytes());
         out.extend_from_slice(&self.ingested_at_us.to_le_bytes());
         if let Some(key) = &self.idempotency_key {
-            put_str(key, out);
+            put_str(&key.key, out);
+            out.extend_from_slice(&key.body_hash.to_le_bytes());
         }
         encode_rows(&self.rows, out);
     }
@@ -84,7 +88,10 @@ impl WalRecord {
         let first_seq = u64::from_le_bytes(c.array("first sequence")?);
         let ingested_at_us = i64::from_le_bytes(c.array("ingestion time")?);
         let idempotency_key = match keyed {
-            true => Some(c.str("idempotency key")?.to_string()),
+            true => Some(super::dedupe::IdempotencyKey {
+                key: c.str("idempotency key")?.to_string(),
+                body_hash: u64::from_le_bytes(c.array("body hash")?),
+            }),
             false => None,
         };
         let rows_at = c.pos;

@@ -4,11 +4,13 @@
 //! - [`events`]: deriving events from catalog commits;
 //! - [`feed`]: following the catalog log, and the hub that gives every sink a gap-free stream
 //!   from any resume point;
-//! - [`nats`]: publishing events and rejects to JetStream.
+//! - [`nats`]: publishing events and rejects to JetStream;
+//! - [`webhooks`]: POSTing signed events to HTTP endpoints, with retries and a dead-letter log.
 
 pub mod events;
 pub mod feed;
 pub mod nats;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -9,6 +9,15 @@
 //! `Idempotency-Key` or `Nats-Msg-Id` makes a retry answer with the first batch's sequences.
 //!
 //! Many messages are in flight at once (bounded), so their WAL writes share group commits.
+//!
+//! **JetStream mode** ([`serve_jetstream`]): producers publish to the `ALLUVIUM_INGEST` stream
+//! (their publish is acknowledged by JetStream once the stream has it), and a durable pull
+//! consumer hands the messages to the same core. A message is acknowledged only after its
+//! events are durable in the WAL; a redelivered message (a crash between the WAL and the ack)
+//! carries the same key (`Nats-Msg-Id`, or `js-{stream sequence}` without one) and is not
+//! stored twice. A batch that fails validation is terminated (never redelivered) and goes to
+//! the rejects stream; an overloaded or unavailable node asks for redelivery later, which slows
+//! the pulls down.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +32,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 
+use alluvium_nats::async_nats::jetstream::{self, AckKind, consumer};
+
 use crate::error::Problem;
 use crate::ingest::{IngestAck, IngestRequest, Source};
 use crate::{Node, PipelineError};
@@ -36,6 +47,8 @@ pub struct NatsIngestConfig {
     pub max_in_flight: usize,
     /// Durability when the message does not ask (`Alluvium-Durability`).
     pub default_durability: Durability,
+    /// Consume the `ALLUVIUM_INGEST` stream with a durable consumer instead of subscribing.
+    pub jetstream: bool,
 }
 
 impl Default for NatsIngestConfig {
@@ -44,6 +57,7 @@ impl Default for NatsIngestConfig {
             queue_group: "alluvium-ingest".into(),
             max_in_flight: 1024,
             default_durability: Durability::Wal,
+            jetstream: false,
         }
     }
 }
@@ -101,8 +115,37 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     let ctx = Arc::new((node, client, subjects, config, stats));
     while let Some(msg) = sub.next().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            // Full: a requester is told at once to retry later, rather than queueing without
+            // bound; a fire-and-forget message (nobody to tell) waits for room.
+            Err(_) if msg.reply.is_some() => {
+                let (_, client, _, config, stats) = &*ctx;
+                stats.messages.fetch_add(1, Ordering::Relaxed);
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                let problem = Problem::new(
+                    503,
+                    "overloaded",
+                    format!(
+                        "{} batches are being ingested; retry after 1 s",
+                        config.max_in_flight
+                    ),
+                );
+                reply(
+                    client,
+                    stats,
+                    msg.reply,
+                    503,
+                    Some(problem.code),
+                    serde_json::to_vec(&problem),
+                )
+                .await;
+                continue;
+            }
+            Err(_) => match permits.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => break,
+            },
         };
         let ctx = ctx.clone();
         actix::spawn(async move {
@@ -110,6 +153,34 @@ pub async fn serve(
             handle(node, client, subjects, config, stats, msg).await;
             drop(permit);
         });
+    }
+}
+
+/// Sends a reply with the status headers (and `Retry-After` for 429 and 503).
+async fn reply(
+    client: &async_nats::Client,
+    stats: &NatsIngestStats,
+    to: Option<async_nats::Subject>,
+    status: u16,
+    code: Option<&'static str>,
+    body: Result<Vec<u8>, serde_json::Error>,
+) {
+    let Some(to) = to else {
+        return;
+    };
+    let mut h = HeaderMap::new();
+    h.insert(headers::STATUS, status.to_string().as_str());
+    h.insert(headers::CONTENT_TYPE, "application/json");
+    if let Some(code) = code {
+        h.insert(headers::CODE, code);
+    }
+    if status == 429 || status == 503 {
+        h.insert(headers::RETRY_AFTER, "1");
+    }
+    let body = Bytes::from(body.unwrap_or_default());
+    if let Err(e) = client.publish_with_headers(to, h, body).await {
+        stats.reply_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %e, "cannot send a NATS ingest reply");
     }
 }
 
@@ -123,7 +194,7 @@ async fn handle(
 ) {
     stats.messages.fetch_add(1, Ordering::Relaxed);
     let size = msg.payload.len() as u64;
-    let result = ingest_message(node, subjects, config, &msg).await;
+    let result = ingest_message(node, subjects, config, &msg, None).await;
     let (status, code, body) = match &result {
         Ok(ack) => {
             stats
@@ -143,22 +214,9 @@ async fn handle(
             (p.status, Some(p.code), serde_json::to_vec(p))
         }
     };
-    let Some(reply) = msg.reply else {
-        // Fire-and-forget publish: nobody to answer. Rejected batches still reach the rejects
-        // stream.
-        return;
-    };
-    let mut h = HeaderMap::new();
-    h.insert(headers::STATUS, status.to_string().as_str());
-    h.insert(headers::CONTENT_TYPE, "application/json");
-    if let Some(code) = code {
-        h.insert(headers::CODE, code);
-    }
-    let body = Bytes::from(body.unwrap_or_default());
-    if let Err(e) = client.publish_with_headers(reply, h, body).await {
-        stats.reply_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(error = %e, "cannot send a NATS ingest reply");
-    }
+    // A fire-and-forget publish has nobody to answer; rejected batches still reach the
+    // rejects stream.
+    reply(client, stats, msg.reply, status, code, body).await;
 }
 
 fn header<'a>(msg: &'a async_nats::Message, name: &str) -> Option<&'a str> {
@@ -175,6 +233,7 @@ pub async fn ingest_message(
     subjects: &Subjects,
     config: &NatsIngestConfig,
     msg: &async_nats::Message,
+    fallback_key: Option<String>,
 ) -> Result<IngestAck, Problem> {
     let subject = msg.subject.as_str();
     let Some((tenant, table)) = subjects.parse_ingest(subject) else {
@@ -215,7 +274,7 @@ pub async fn ingest_message(
                 .map_err(|e| bad_request("invalid_idempotency_key", e.to_string()))?
                 .to_string(),
         ),
-        None => None,
+        None => fallback_key,
     };
     let durability = match header(msg, headers::DURABILITY).map(str::trim) {
         None | Some("") => config.default_durability,
@@ -276,6 +335,119 @@ pub async fn ingest_message(
     node.ingest_batch(&principal, request)
         .await
         .map_err(|e| e.problem())
+}
+
+/// Name of the durable consumer of JetStream mode, shared by every ingest node.
+pub const DURABLE_CONSUMER: &str = "alluvium-ingest";
+
+/// Creates (or finds) the durable pull consumer of `ALLUVIUM_INGEST`.
+pub async fn jetstream_consumer(
+    js: &jetstream::Context,
+    config: &NatsIngestConfig,
+) -> Result<consumer::PullConsumer, crate::link::LinkError> {
+    let stream = js
+        .get_stream(alluvium_nats::jetstream::INGEST_STREAM)
+        .await
+        .map_err(|e| crate::link::LinkError(format!("ingest stream: {e}")))?;
+    stream
+        .get_or_create_consumer(
+            DURABLE_CONSUMER,
+            consumer::pull::Config {
+                durable_name: Some(DURABLE_CONSUMER.into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                // A redelivery while the first delivery is still being written waits for its
+                // outcome (same key), so a short wait only speeds up recovery after a crash.
+                ack_wait: std::time::Duration::from_secs(10),
+                max_ack_pending: i64::try_from(config.max_in_flight.max(1)).unwrap_or(i64::MAX),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| crate::link::LinkError(format!("ingest consumer: {e}")))
+}
+
+/// Consumes `ALLUVIUM_INGEST` until the client closes, many messages at once.
+pub async fn serve_jetstream(
+    consumer: consumer::PullConsumer,
+    node: Node,
+    subjects: Subjects,
+    config: NatsIngestConfig,
+    stats: Arc<NatsIngestStats>,
+) {
+    let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    let ctx = Arc::new((node, subjects, config, stats));
+    loop {
+        let mut messages = match consumer.messages().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot pull from the ingest stream; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(msg) = messages.next().await {
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!(error = %e, "ingest stream pull interrupted");
+                    continue;
+                }
+            };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let ctx = ctx.clone();
+            actix::spawn(async move {
+                let (node, subjects, config, stats) = &*ctx;
+                handle_jetstream(node, subjects, config, stats, msg).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+async fn handle_jetstream(
+    node: &Node,
+    subjects: &Subjects,
+    config: &NatsIngestConfig,
+    stats: &NatsIngestStats,
+    msg: jetstream::Message,
+) {
+    stats.messages.fetch_add(1, Ordering::Relaxed);
+    let key = msg.info().ok().map(|i| format!("js-{}", i.stream_sequence));
+    let ack = match ingest_message(node, subjects, config, &msg.message, key).await {
+        Ok(ack) => {
+            stats
+                .events
+                .fetch_add(ack.accepted as u64, Ordering::Relaxed);
+            stats
+                .bytes
+                .fetch_add(msg.payload.len() as u64, Ordering::Relaxed);
+            if ack.duplicate {
+                stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            AckKind::Ack
+        }
+        // Worth another try later: the node is full or a component is down.
+        Err(p) if p.status == 429 || p.status == 503 => {
+            AckKind::Nak(Some(std::time::Duration::from_secs(1)))
+        }
+        Err(p) => {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            if p.status >= 500 {
+                tracing::error!(code = p.code, detail = %p.detail, "JetStream ingest failed");
+                AckKind::Nak(Some(std::time::Duration::from_secs(1)))
+            } else {
+                // Refused for good (and on the rejects stream): never redeliver.
+                AckKind::Term
+            }
+        }
+    };
+    if let Err(e) = msg.ack_with(ack).await {
+        // Not acknowledged: JetStream redelivers it, and its key makes that harmless.
+        stats.reply_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %e, "cannot acknowledge an ingest stream message");
+    }
 }
 
 /// The framing of a payload without a content type: a JSON array, or one JSON object (also
