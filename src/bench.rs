@@ -11,6 +11,7 @@
 //! promises (acknowledged means stored, once).
 
 mod events;
+mod nats;
 mod procfs;
 mod tables;
 mod verify;
@@ -38,6 +39,9 @@ pub enum BenchCommand {
     /// Builds an upsert table of many files, then measures point lookups, filtered scans and
     /// compaction (and optionally ingest while a compaction runs).
     Tables(tables::TablesArgs),
+    /// NATS ingest throughput against a plain subscriber on the same server, then the same
+    /// exactly-once check.
+    Nats(nats::NatsArgs),
 }
 
 /// Options of `alluvium bench http`.
@@ -91,6 +95,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Http(args) => run_http(args),
         BenchCommand::Tables(args) => tables::run(args),
+        BenchCommand::Nats(args) => nats::run(args),
     }
 }
 
@@ -344,8 +349,8 @@ fn run_id() -> String {
     format!("r{:08x}", h.finish() as u32)
 }
 
-fn read_key(args: &HttpArgs) -> anyhow::Result<String> {
-    match (&args.key, &args.key_file) {
+fn read_key(key: &Option<String>, key_file: &Option<PathBuf>) -> anyhow::Result<String> {
+    match (key, key_file) {
         (Some(k), _) => Ok(k.trim().to_string()),
         (None, Some(f)) => Ok(std::fs::read_to_string(f)
             .with_context(|| format!("cannot read the key file {}", f.display()))?
@@ -376,7 +381,7 @@ fn create_table(agent: &ureq::Agent, base: &str, auth: &str, table: &str) -> any
 }
 
 fn run_http(args: HttpArgs) -> anyhow::Result<ExitCode> {
-    let key = read_key(&args)?;
+    let key = read_key(&args.key, &args.key_file)?;
     let base = args.url.trim_end_matches('/').to_string();
     let auth = format!("Bearer {key}");
     if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
