@@ -41,7 +41,15 @@ impl Metrics {
     }
 
     /// Renders every metric in the Prometheus text format.
-    pub fn render(&self, node: &Node) -> String {
+    pub fn render(
+        &self,
+        node: &Node,
+        nats: Option<&alluvium_pipelines::link::NatsLink>,
+        webhooks: &[(
+            String,
+            std::sync::Arc<alluvium_pipelines::notification::webhooks::WebhookStats>,
+        )],
+    ) -> String {
         let c = &self.0;
         let mut out = String::new();
         let header = |out: &mut String, name: &str, kind: &str, help: &str| {
@@ -61,6 +69,12 @@ impl Metrics {
                 "counter",
                 "Request body bytes of acknowledged batches.",
                 load(&c.bytes),
+            ),
+            (
+                "alluvium_ingest_duplicates_total",
+                "counter",
+                "Batches answered as retries of an earlier batch with the same idempotency key.",
+                load(&wal.duplicates),
             ),
             (
                 "alluvium_wal_commit_groups_total",
@@ -107,6 +121,133 @@ impl Metrics {
         ] {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
+        }
+        if let Some(n) = nats {
+            let i = &n.ingest_stats;
+            let p = &n.publish_stats;
+            let s = &n.connection.stats;
+            for (name, kind, help, value) in [
+                (
+                    "alluvium_nats_connected",
+                    "gauge",
+                    "1 while connected to NATS.",
+                    u64::from(n.health().is_ok()),
+                ),
+                (
+                    "alluvium_nats_connects_total",
+                    "counter",
+                    "NATS connections made (the first and every reconnect).",
+                    load(&s.connects),
+                ),
+                (
+                    "alluvium_nats_disconnects_total",
+                    "counter",
+                    "NATS connections lost.",
+                    load(&s.disconnects),
+                ),
+                (
+                    "alluvium_nats_slow_consumer_total",
+                    "counter",
+                    "Times NATS reported this node as a slow consumer.",
+                    load(&s.slow_consumers),
+                ),
+                (
+                    "alluvium_nats_ingest_messages_total",
+                    "counter",
+                    "Ingest messages received from NATS.",
+                    load(&i.messages),
+                ),
+                (
+                    "alluvium_nats_ingest_events_total",
+                    "counter",
+                    "Events of accepted NATS ingest messages.",
+                    load(&i.events),
+                ),
+                (
+                    "alluvium_nats_ingest_bytes_total",
+                    "counter",
+                    "Payload bytes of accepted NATS ingest messages.",
+                    load(&i.bytes),
+                ),
+                (
+                    "alluvium_nats_ingest_errors_total",
+                    "counter",
+                    "NATS ingest messages answered with an error.",
+                    load(&i.errors),
+                ),
+                (
+                    "alluvium_nats_ingest_duplicates_total",
+                    "counter",
+                    "NATS ingest messages answered as duplicates.",
+                    load(&i.duplicates),
+                ),
+                (
+                    "alluvium_nats_reply_failures_total",
+                    "counter",
+                    "Replies (or JetStream acks) that could not be sent.",
+                    load(&i.reply_failures),
+                ),
+                (
+                    "alluvium_nats_events_published_total",
+                    "counter",
+                    "Commit events acknowledged by JetStream.",
+                    load(&p.events_published),
+                ),
+                (
+                    "alluvium_nats_events_duplicate_total",
+                    "counter",
+                    "Commit events JetStream already had (dropped by message id).",
+                    load(&p.events_duplicate),
+                ),
+                (
+                    "alluvium_nats_publish_failures_total",
+                    "counter",
+                    "Failed publish attempts of commit events (retried).",
+                    load(&p.publish_failures),
+                ),
+                (
+                    "alluvium_nats_rejects_published_total",
+                    "counter",
+                    "Rejected batches published to the rejects stream.",
+                    load(&p.rejects_published),
+                ),
+                (
+                    "alluvium_nats_rejects_failed_total",
+                    "counter",
+                    "Rejected batches that could not be published.",
+                    load(&p.rejects_failed),
+                ),
+            ] {
+                header(&mut out, name, kind, help);
+                let _ = writeln!(out, "{name} {value}");
+            }
+        }
+        if !webhooks.is_empty() {
+            for (name, help, get) in [
+                (
+                    "alluvium_webhook_delivered_total",
+                    "Commit events delivered (2xx) per webhook.",
+                    (|w| &w.delivered)
+                        as fn(
+                            &alluvium_pipelines::notification::webhooks::WebhookStats,
+                        ) -> &AtomicU64,
+                ),
+                (
+                    "alluvium_webhook_retried_total",
+                    "Failed delivery attempts tried again, per webhook.",
+                    |w| &w.retried,
+                ),
+                (
+                    "alluvium_webhook_dead_lettered_total",
+                    "Commit events written to the dead-letter log, per webhook.",
+                    |w| &w.dead_lettered,
+                ),
+            ] {
+                header(&mut out, name, "counter", help);
+                for (hook, stats) in webhooks {
+                    let _ = writeln!(out, "{name}{{webhook=\"{hook}\"}} {}", load(get(stats)));
+                }
+            }
         }
         let requests = c
             .requests

@@ -127,17 +127,21 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             }
             None => None,
         };
+        let mut webhook_stats = Vec::new();
         for webhook in webhooks {
+            let stats = std::sync::Arc::new(Default::default());
+            webhook_stats.push((webhook.name.clone(), std::sync::Arc::clone(&stats)));
             actix::spawn(alluvium_pipelines::notification::webhooks::deliver(
                 node.commit_events().clone(),
                 webhook,
                 config.data_dir.clone(),
-                Default::default(),
+                stats,
             ));
         }
         let state = AppState {
             node,
             nats,
+            webhooks: webhook_stats,
             body_limit: config.server.body_limit.0 as usize,
             metrics: Metrics::default(),
             default_durability: config.ingest.durability,

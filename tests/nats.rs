@@ -370,7 +370,9 @@ async fn commit_events_on_jetstream_are_replayable_and_deduplicated() {
                     .unwrap()
                     .to_string();
                 let event: Value = serde_json::from_slice(&m.payload).unwrap();
-                assert_eq!(event["id"], id.as_str());
+                let lake = event["lake_id"].as_str().unwrap();
+                assert_eq!(lake.len(), 32, "{event}");
+                assert_eq!(id, format!("{lake}:{}", event["id"].as_str().unwrap()));
                 out.push((m.subject.to_string(), event));
             }
             out
@@ -415,9 +417,14 @@ async fn commit_events_on_jetstream_are_replayable_and_deduplicated() {
         .collect();
     assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
 
-    // A crash that loses the cursor republishes everything; JetStream drops the copies.
+    // A crash that sets the cursor back republishes everything; JetStream drops the copies.
     server.kill9();
-    std::fs::remove_file(data.join("notify/nats.cursor")).unwrap();
+    let cursor = data.join("notify/nats.cursor");
+    let text = std::fs::read_to_string(&cursor).unwrap();
+    let (lake, id) = text.trim().split_once(' ').unwrap();
+    assert_eq!(id, events[4].1["id"]);
+    assert_eq!(lake, events[4].1["lake_id"]);
+    std::fs::write(&cursor, format!("{lake} 0\n")).unwrap();
     let server = start_with_nats(&data, &nats, &[]);
     assert_eq!(
         ingest(&server, ADMIN_KEY, "t", &json!({"n": 99})).status,
@@ -441,6 +448,45 @@ async fn commit_events_on_jetstream_are_replayable_and_deduplicated() {
         (n == 6).then_some(n)
     });
     assert_eq!(stream_len, Some(6), "events were stored twice");
+    assert_eq!(metric(&server, "alluvium_nats_events_duplicate_total"), 5);
+
+    // Without a cursor (a new disk, another node), publishing resumes after the lake's newest
+    // event in the stream: nothing is published again, new events follow.
+    drop(server);
+    std::fs::remove_file(&cursor).unwrap();
+    let server = start_with_nats(&data, &nats, &[]);
+    assert_eq!(
+        ingest(&server, ADMIN_KEY, "t", &json!({"n": 100})).status,
+        200
+    );
+    flush(&server, ADMIN_KEY, "t");
+    let events = read_all(7).await;
+    assert_eq!(events[6].0, "alluvium.events.default.t.flushed");
+    assert!(
+        events[6].1["catalog_version"].as_u64() > events[5].1["catalog_version"].as_u64(),
+        "{:?}",
+        events[6]
+    );
+    let info = js
+        .get_stream("ALLUVIUM_EVENTS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .clone();
+    assert_eq!(info.messages, 7);
+    assert_eq!(metric(&server, "alluvium_nats_events_published_total"), 1);
+    assert_eq!(metric(&server, "alluvium_nats_events_duplicate_total"), 0);
+}
+
+/// The value of a metric without labels.
+fn metric(server: &Server, name: &str) -> u64 {
+    let body = get(server, "/metrics").body;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in {body}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

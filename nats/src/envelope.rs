@@ -38,6 +38,9 @@ pub struct CommitEvent {
     /// `{catalog_version}:{index}`: unique, increasing, and the same every time the event is
     /// derived (resume points and `Nats-Msg-Id` use it).
     pub id: String,
+    /// The lake the event belongs to (random, fixed when the lake was created): with `id`, it
+    /// identifies the event across lakes that share a NATS account.
+    pub lake_id: String,
     /// `flushed`, `compacted` or `schema`.
     pub kind: CommitKind,
     /// The tenant.
@@ -67,6 +70,11 @@ pub struct CommitEvent {
 }
 
 impl CommitEvent {
+    /// The `Nats-Msg-Id` of the event: `{lake_id}:{id}`.
+    pub fn msg_id(&self) -> String {
+        format!("{}:{}", self.lake_id, self.id)
+    }
+
     /// The id of the `index`-th event derived from commit `version`.
     pub fn make_id(version: u64, index: usize) -> String {
         format!("{version}:{index}")

@@ -20,6 +20,8 @@ pub const CODE: &str = "Alluvium-Code";
 /// On a batch sent again by `alluvium rejects replay`: the reject's stream sequence. A replayed
 /// batch that fails again is not published as a new reject.
 pub const REPLAY: &str = "Alluvium-Replay";
+/// On commit events: the lake's id.
+pub const LAKE_ID: &str = "Alluvium-Lake";
 /// On commit events: the event's id, `{catalog_version}:{index}`.
 pub const EVENT_ID: &str = "Alluvium-Event-Id";
 

@@ -115,8 +115,12 @@ impl Node {
 
         let catalog_actor = CatalogActor::new(storage.clone(), state.clone());
         let notices = catalog_actor.notices();
+        let lake_id = catalog::lake::lake_id(&storage)
+            .await
+            .map_err(|e| PipelineError::Unavailable(e.to_string()))?;
         let events = crate::notification::EventHub::start(
             storage.clone(),
+            &lake_id,
             state.version,
             notices.subscribe(),
         );

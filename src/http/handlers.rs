@@ -168,7 +168,11 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse> {
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render(&state.node))
+        .body(
+            state
+                .metrics
+                .render(&state.node, state.nats.as_ref(), &state.webhooks),
+        )
 }
 
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse> {

@@ -19,6 +19,11 @@ pub struct AppState {
     pub node: Node,
     /// The NATS link, when NATS is configured.
     pub nats: Option<alluvium_pipelines::link::NatsLink>,
+    /// Counters of each configured webhook, by name.
+    pub webhooks: Vec<(
+        String,
+        std::sync::Arc<alluvium_pipelines::notification::webhooks::WebhookStats>,
+    )>,
     /// Largest request body.
     pub body_limit: usize,
     /// Counters for `/metrics`.

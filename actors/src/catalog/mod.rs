@@ -8,6 +8,7 @@
 
 pub mod actor;
 pub mod checkpoint;
+pub mod lake;
 pub mod log;
 pub mod messages;
 pub mod pins;

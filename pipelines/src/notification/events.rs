@@ -28,6 +28,7 @@ fn event_file(f: &DataFile) -> EventFile {
 /// (only when files were added), compactions `compacted`, table creation and schema versions
 /// `schema`; purges of replaced files give none.
 pub fn derive(
+    lake_id: &str,
     before: &CatalogState,
     after: &CatalogState,
     record: &CommitRecord,
@@ -41,6 +42,7 @@ pub fn derive(
         }
         out.push(CommitEvent {
             id: String::new(),
+            lake_id: lake_id.to_string(),
             kind,
             tenant: table.tenant.as_str().to_string(),
             table: table.table.as_str().to_string(),

@@ -29,16 +29,25 @@ pub fn pos_of(e: &CommitEvent) -> EventPos {
 #[derive(Debug)]
 pub struct EventFeed {
     storage: Storage,
+    lake_id: Arc<str>,
     state: CatalogState,
 }
 
 impl EventFeed {
-    /// A feed whose next commit is `after + 1`.
-    pub async fn open(storage: Storage, after: u64) -> Result<EventFeed, PipelineError> {
+    /// A feed of lake `lake_id` whose next commit is `after + 1`.
+    pub async fn open(
+        storage: Storage,
+        lake_id: Arc<str>,
+        after: u64,
+    ) -> Result<EventFeed, PipelineError> {
         let state = checkpoint::load_at(&storage, after)
             .await
             .map_err(|e| PipelineError::Unavailable(format!("commit events: {e}")))?;
-        Ok(EventFeed { storage, state })
+        Ok(EventFeed {
+            storage,
+            lake_id,
+            state,
+        })
     }
 
     /// The catalog version read so far.
@@ -58,7 +67,7 @@ impl EventFeed {
         let next = self.state.apply(version, &record.actions).map_err(|e| {
             PipelineError::Unavailable(format!("commit {version} does not apply: {e}"))
         })?;
-        let events = derive(&self.state, &next, &record);
+        let events = derive(&self.lake_id, &self.state, &next, &record);
         self.state = next;
         Ok(Some(events))
     }
@@ -70,6 +79,7 @@ impl EventFeed {
 #[derive(Debug, Clone)]
 pub struct EventHub {
     storage: Storage,
+    lake_id: Arc<str>,
     tx: broadcast::Sender<Arc<CommitEvent>>,
     /// Catalog version whose events have all been broadcast.
     head: Arc<AtomicU64>,
@@ -83,12 +93,15 @@ impl EventHub {
     /// woken by the catalog's commit notices. Runs on the current arbiter.
     pub fn start(
         storage: Storage,
+        lake_id: &str,
         version: u64,
         mut notices: broadcast::Receiver<Arc<CommitNotice>>,
     ) -> EventHub {
         let (tx, _) = broadcast::channel(BROADCAST_BACKLOG);
+        let lake_id: Arc<str> = Arc::from(lake_id);
         let hub = EventHub {
             storage: storage.clone(),
+            lake_id: lake_id.clone(),
             tx: tx.clone(),
             head: Arc::new(AtomicU64::new(version)),
         };
@@ -103,7 +116,8 @@ impl EventHub {
                     return;
                 }
                 if feed.is_none() {
-                    match EventFeed::open(storage.clone(), head.load(Ordering::Acquire)).await {
+                    let at = head.load(Ordering::Acquire);
+                    match EventFeed::open(storage.clone(), lake_id.clone(), at).await {
                         Ok(f) => feed = Some(f),
                         Err(e) => {
                             tracing::warn!(error = %e, "commit event feed cannot start; retrying");
@@ -131,6 +145,11 @@ impl EventHub {
             }
         });
         hub
+    }
+
+    /// The lake's id.
+    pub fn lake_id(&self) -> &str {
+        &self.lake_id
     }
 
     /// The catalog version whose events have all been broadcast.
@@ -167,7 +186,12 @@ impl EventHub {
             // Subscribe first, then read the log to its end: a commit the log did not have yet
             // is broadcast after this subscription, and positions filter what both deliver.
             let mut live = self.tx.subscribe();
-            let mut feed = EventFeed::open(self.storage.clone(), last.0.saturating_sub(1)).await?;
+            let mut feed = EventFeed::open(
+                self.storage.clone(),
+                self.lake_id.clone(),
+                last.0.saturating_sub(1),
+            )
+            .await?;
             while let Some(events) = feed.next_commit().await? {
                 for e in events {
                     if pos_of(&e) > last {

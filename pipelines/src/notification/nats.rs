@@ -1,10 +1,12 @@
 //! Publishing commit events and rejects to JetStream.
 //!
 //! Commit events go to `ALLUVIUM_EVENTS` at least once: each is published with `Nats-Msg-Id`
-//! set to its id (`{catalog_version}:{index}`), the publish is retried until JetStream
-//! acknowledges it, and only then does the cursor file (`<data>/notify/nats.cursor`) move past
-//! it. After a crash the events since the cursor are published again and JetStream's duplicate
-//! window drops the copies.
+//! set to `{lake_id}:{catalog_version}:{index}`, the publish is retried until JetStream
+//! acknowledges it, and only then does the cursor file (`<data>/notify/nats.cursor`, holding
+//! the lake id and the event id) move past it. After a crash the events since the cursor are
+//! published again and JetStream's duplicate window drops the copies. Without a cursor (a new
+//! disk, another node), publishing resumes after the newest event of this lake in the stream,
+//! or from the lake's first commit if the stream has none.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,19 +37,44 @@ pub struct PublishStats {
     pub rejects_failed: AtomicU64,
 }
 
-/// Reads the cursor: the id of the last event JetStream acknowledged.
-pub fn read_cursor(path: &Path) -> Option<EventPos> {
+/// Reads the cursor: the id of the last event of lake `lake_id` JetStream acknowledged. A
+/// cursor of another lake (the lake was created again) is ignored.
+pub fn read_cursor(path: &Path, lake_id: &str) -> Option<EventPos> {
     let text = std::fs::read_to_string(path).ok()?;
-    CommitEvent::parse_id(text.trim())
+    let (lake, id) = text.trim().split_once(' ')?;
+    if lake != lake_id {
+        tracing::warn!(path = %path.display(), "the event cursor belongs to another lake; ignored");
+        return None;
+    }
+    CommitEvent::parse_id(id)
 }
 
-fn write_cursor(path: &Path, id: &str) -> std::io::Result<()> {
+fn write_cursor(path: &Path, lake_id: &str, id: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, id.as_bytes())?;
+    std::fs::write(&tmp, format!("{lake_id} {id}\n").as_bytes())?;
     std::fs::rename(&tmp, path)
+}
+
+/// The newest event of lake `lake_id` in the events stream, if the stream's last message is
+/// one.
+async fn newest_in_stream(js: &jetstream::Context, lake_id: &str) -> Option<EventPos> {
+    let mut stream = js
+        .get_stream(alluvium_nats::jetstream::EVENTS_STREAM)
+        .await
+        .ok()?;
+    let last = stream.info().await.ok()?.state.last_sequence;
+    if last == 0 {
+        return None;
+    }
+    let msg = stream.get_raw_message(last).await.ok()?;
+    let h = msg.headers;
+    if h.get(headers::LAKE_ID).map(|v| v.as_str()) != Some(lake_id) {
+        return None;
+    }
+    CommitEvent::parse_id(h.get(headers::EVENT_ID)?.as_str())
 }
 
 /// Publishes every commit event after the cursor, then live ones, forever. Runs on the
@@ -60,8 +87,14 @@ pub async fn publish_events(
     stats: Arc<PublishStats>,
 ) {
     loop {
-        // No cursor: every event since the catalog began (subscribers can replay it all).
-        let after = read_cursor(&cursor).unwrap_or((0, usize::MAX));
+        // No cursor: after this lake's newest event in the stream, or every event since the
+        // catalog began (subscribers can replay it all).
+        let after = match read_cursor(&cursor, hub.lake_id()) {
+            Some(pos) => pos,
+            None => newest_in_stream(&js, hub.lake_id())
+                .await
+                .unwrap_or((0, usize::MAX)),
+        };
         let mut events = Box::pin(hub.subscribe(Some(after)));
         while let Some(event) = events.next().await {
             let event = match event {
@@ -72,7 +105,7 @@ pub async fn publish_events(
                 }
             };
             publish_one(&js, &subjects, &event, &stats).await;
-            if let Err(e) = write_cursor(&cursor, &event.id) {
+            if let Err(e) = write_cursor(&cursor, &event.lake_id, &event.id) {
                 tracing::warn!(path = %cursor.display(), error = %e, "cannot write the event cursor; events may be published again after a restart");
             }
         }
@@ -105,8 +138,9 @@ async fn publish_one(
     let mut attempt = 0;
     loop {
         let mut h = HeaderMap::new();
-        h.insert(headers::NATS_MSG_ID, event.id.as_str());
+        h.insert(headers::NATS_MSG_ID, event.msg_id().as_str());
         h.insert(headers::EVENT_ID, event.id.as_str());
+        h.insert(headers::LAKE_ID, event.lake_id.as_str());
         h.insert(headers::CONTENT_TYPE, "application/json");
         let res = match js
             .publish_with_headers(subject.clone(), h, payload.clone())

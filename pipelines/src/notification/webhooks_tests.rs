@@ -7,6 +7,7 @@ use super::*;
 fn event(tenant: &str, table: &str, kind: CommitKind) -> CommitEvent {
     CommitEvent {
         id: "7:0".into(),
+        lake_id: "0123456789abcdef0123456789abcdef".into(),
         kind,
         tenant: tenant.into(),
         table: table.into(),
