@@ -723,7 +723,9 @@ async fn a_nats_restart_mid_stream_loses_nothing_acknowledged() {
         down.is_some(),
         "readyz did not report the lost NATS connection"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Down longer than the producer's request timeout, so requests in flight fail and are
+    // retried.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     nats.restart();
     let retries = tokio::time::timeout(Duration::from_secs(120), producer)
         .await
