@@ -120,7 +120,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             Some(link) => {
                 let url = link.connection.url.clone();
                 Some(
-                    NatsLink::start(&node, link)
+                    NatsLink::start_on_own_thread(&node, link)
                         .await
                         .with_context(|| format!("cannot start the NATS link to {url}"))?,
                 )

@@ -131,6 +131,28 @@ impl NatsLink {
         })
     }
 
+    /// [`NatsLink::start`] on a thread of its own (an actix arbiter): the NATS client's
+    /// socket, the ingest subscription and the replies then run beside the node's actors
+    /// instead of on their thread.
+    pub async fn start_on_own_thread(
+        node: &Node,
+        config: LinkConfig,
+    ) -> Result<NatsLink, NatsError> {
+        let arbiter = actix::Arbiter::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let node = node.clone();
+        let spawned = arbiter.spawn(async move {
+            let _ = tx.send(NatsLink::start(&node, config).await);
+        });
+        if !spawned {
+            return Err(NatsError::Connect("cannot start the NATS thread".into()));
+        }
+        // The arbiter's thread runs until the process ends.
+        let _handle = arbiter.handle();
+        rx.await
+            .map_err(|_| NatsError::Connect("the NATS thread stopped during start-up".into()))?
+    }
+
     /// `Ok` while connected to NATS.
     pub fn health(&self) -> Result<(), String> {
         self.connection.health()

@@ -282,10 +282,20 @@ fn inference_may_help(e: &SchemaError) -> bool {
     )
 }
 
-/// Runs `f` on the blocking pool.
+/// Bodies up to this size are parsed where they arrive: a few microseconds of work, cheaper
+/// than a hop to the blocking pool, and many small concurrent batches (NATS messages) would
+/// otherwise grow the pool to hundreds of threads.
+const INLINE_PARSE_BYTES: usize = 16 << 10;
+
+/// Runs `f` on the blocking pool, or at once for a body of `len` bytes or less than
+/// [`INLINE_PARSE_BYTES`].
 async fn blocking<T: Send + 'static>(
+    len: usize,
     f: impl FnOnce() -> Result<T, SchemaError> + Send + 'static,
 ) -> Result<T, SchemaError> {
+    if len <= INLINE_PARSE_BYTES {
+        return f();
+    }
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| SchemaError::Arrow(format!("validation task failed: {e}")))?
@@ -314,7 +324,7 @@ impl Handler<Validate> for SchemaActor {
                 None if infer_new => {
                     let (b, l) = (body.clone(), limits.clone());
                     let Some(schema) =
-                        blocking(move || evolve::infer(None, &b, format, &l)).await?
+                        blocking(body.len(), move || evolve::infer(None, &b, format, &l)).await?
                     else {
                         return Err(SchemaError::InvalidDefinition(format!(
                             "table {table} does not exist and cannot be inferred from this batch: no event has a non-null field"
@@ -350,7 +360,8 @@ impl Handler<Validate> for SchemaActor {
             let mut rounds = 0;
             loop {
                 let (b, l, s) = (body.clone(), limits.clone(), info.schema.clone());
-                let err = match blocking(move || parse_batch(&b, format, &s, &l)).await {
+                let err = match blocking(body.len(), move || parse_batch(&b, format, &s, &l)).await
+                {
                     Ok(rows) => {
                         return Ok(Validated {
                             schema: info.schema,
@@ -368,7 +379,8 @@ impl Handler<Validate> for SchemaActor {
                     return Err(err);
                 }
                 let (b, l, s) = (body.clone(), limits.clone(), info.schema.clone());
-                let Some(next) = blocking(move || evolve::infer(Some(&s), &b, format, &l)).await?
+                let Some(next) =
+                    blocking(body.len(), move || evolve::infer(Some(&s), &b, format, &l)).await?
                 else {
                     return Err(err);
                 };
