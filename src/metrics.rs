@@ -77,6 +77,12 @@ impl Metrics {
                 load(&wal.duplicates),
             ),
             (
+                "alluvium_ingest_idempotency_keys_evicted_total",
+                "counter",
+                "Idempotency keys forgotten before their window ended (the index was full).",
+                load(&wal.keys_evicted),
+            ),
+            (
                 "alluvium_wal_commit_groups_total",
                 "counter",
                 "WAL commit groups written, each ending with one fdatasync.",

@@ -82,6 +82,8 @@ pub struct WalStats {
     pub poisoned: std::sync::atomic::AtomicBool,
     /// Batches answered from the idempotency index instead of being stored again.
     pub duplicates: AtomicU64,
+    /// Idempotency keys forgotten before their window ended because the index was full.
+    pub keys_evicted: AtomicU64,
 }
 
 /// Owns the WAL and the per-table sequence counters.
@@ -200,6 +202,16 @@ impl WalActor {
             let answer = match res {
                 Ok(()) => {
                     self.dedupe.insert(table.clone(), key.clone(), *seen, now);
+                    let evicted = self.dedupe.evicted;
+                    if evicted > self.stats.keys_evicted.swap(evicted, Ordering::Relaxed)
+                        && evicted.is_power_of_two()
+                    {
+                        tracing::warn!(
+                            evicted,
+                            max_keys = self.dedupe.config().max_keys,
+                            "idempotency keys forgotten before their window ended: raise [ingest] idempotency_max_keys"
+                        );
+                    }
                     Ok(seen.durable())
                 }
                 Err(e) => Err(e.clone()),
