@@ -120,3 +120,127 @@ pub fn derive(
     }
     out
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use alluvium_actors::ids::{TableName, TenantId};
+    use alluvium_actors::schema::TableSchema;
+
+    use super::*;
+
+    fn t(name: &str) -> TableRef {
+        TableRef::new(
+            TenantId::new("acme").unwrap(),
+            TableName::new(name).unwrap(),
+        )
+    }
+
+    fn file(path: &str, seqs: (u64, u64), rows: u64) -> DataFile {
+        DataFile {
+            path: path.into(),
+            partition: "all".into(),
+            size_bytes: 100 * rows,
+            rows,
+            min_seq: seqs.0,
+            max_seq: seqs.1,
+            schema_version: 1,
+            min_time: Some(5),
+            max_time: Some(9),
+            min_key: None,
+            max_key: None,
+            index: None,
+        }
+    }
+
+    fn commit(state: &CatalogState, actions: Vec<Action>) -> (CatalogState, Vec<CommitEvent>) {
+        let version = state.version + 1;
+        let record = CommitRecord {
+            version,
+            committed_at: "2026-11-26T00:00:00Z".into(),
+            operation: "test".into(),
+            actions,
+        };
+        let next = state.apply(version, &record.actions).unwrap();
+        let events = derive("lake", state, &next, &record);
+        (next, events)
+    }
+
+    #[test]
+    fn flushes_compactions_and_schema_versions_become_events() {
+        let schema: TableSchema =
+            serde_json::from_str(r#"{"fields":[{"name":"a","type":"int64"}]}"#).unwrap();
+        let create = |name: &str| Action::CreateTable {
+            table: t(name),
+            schema: schema.clone(),
+        };
+        let (s1, ev) = commit(&CatalogState::default(), vec![create("x"), create("y")]);
+        assert_eq!(ev.len(), 2);
+        assert_eq!((ev[0].id.as_str(), ev[1].id.as_str()), ("1:0", "1:1"));
+        assert!(
+            ev.iter()
+                .all(|e| e.kind == CommitKind::Schema && e.schema_version == 1)
+        );
+        assert_eq!(ev[1].table, "y");
+        assert!(ev[0].schema.is_some());
+
+        // A flush of two files of x and a committed sequence.
+        let (s2, ev) = commit(
+            &s1,
+            vec![
+                Action::AddFile {
+                    table: t("x"),
+                    file: file("a", (1, 3), 3),
+                },
+                Action::AddFile {
+                    table: t("x"),
+                    file: file("b", (4, 5), 2),
+                },
+                Action::CommittedSeq {
+                    table: t("x"),
+                    seq: 5,
+                },
+            ],
+        );
+        assert_eq!(ev.len(), 1);
+        let e = &ev[0];
+        assert_eq!(
+            (e.kind, e.rows_added, e.committed_seq),
+            (CommitKind::Flushed, 5, Some(5))
+        );
+        assert_eq!(e.files_added[1].path, "b");
+        assert_eq!(
+            (e.files_added[1].min_seq, e.files_added[1].max_time),
+            (4, Some(9))
+        );
+        assert_eq!((e.lake_id.as_str(), e.catalog_version), ("lake", 2));
+        assert!(e.files_removed.is_empty());
+
+        // A flush that wrote nothing announces nothing.
+        let (s3, ev) = commit(
+            &s2,
+            vec![Action::CommittedSeq {
+                table: t("y"),
+                seq: 1,
+            }],
+        );
+        assert!(ev.is_empty(), "{ev:?}");
+
+        // A compaction: removed files are described from the catalog before the commit.
+        let (_, ev) = commit(
+            &s3,
+            vec![Action::ReplaceFiles {
+                table: t("x"),
+                remove: vec!["a".into(), "b".into()],
+                add: vec![file("c", (1, 5), 5)],
+                at_ms: 0,
+            }],
+        );
+        assert_eq!(ev.len(), 1);
+        let e = &ev[0];
+        assert_eq!(e.kind, CommitKind::Compacted);
+        assert_eq!((e.rows_added, e.rows_removed), (5, 5));
+        assert_eq!(e.files_removed[0].size_bytes, 300);
+        assert_eq!(e.id, "4:0");
+    }
+}
