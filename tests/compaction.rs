@@ -89,16 +89,6 @@ fn live_files(server: &Server, table: &str) -> usize {
     files(server, table)["files"].as_array().unwrap().len()
 }
 
-fn compact(server: &Server, table: &str) -> Resp {
-    send(
-        "POST",
-        &server.url(&format!("/v1/tables/{table}/compact")),
-        Some(ADMIN_KEY),
-        None,
-        None,
-    )
-}
-
 const NO_BACKGROUND: (&str, &str) = ("ALLUVIUM_COMPACTION__INTERVAL", "0s");
 
 #[test]

@@ -89,18 +89,8 @@ fn flush_round(server: &Server, n: i64) {
 fn live_events_resume_from_any_point_and_stay_in_their_tenant() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    create_table(
-        &server,
-        ADMIN_KEY,
-        "t",
-        &json!({"fields": [{"name": "n", "type": "int64"}]}),
-    );
-    create_table(
-        &server,
-        ADMIN_KEY,
-        "other",
-        &json!({"fields": [{"name": "n", "type": "int64"}]}),
-    );
+    create_n_table(&server, "t");
+    create_n_table(&server, "other");
 
     let mut sse = Sse::open(&server, ADMIN_KEY, "/v1/events?table=t", &[]).unwrap();
     flush_round(&server, 1);
@@ -111,13 +101,7 @@ fn live_events_resume_from_any_point_and_stay_in_their_tenant() {
     );
     flush(&server, ADMIN_KEY, "other");
     flush_round(&server, 2);
-    let r = send(
-        "POST",
-        &server.url("/v1/tables/t/compact"),
-        Some(ADMIN_KEY),
-        None,
-        None,
-    );
+    let r = compact(&server, "t");
     assert_eq!(r.status, 200, "{r:?}");
     let first = sse.next();
     let second = sse.next();
@@ -172,18 +156,7 @@ fn live_events_resume_from_any_point_and_stay_in_their_tenant() {
     assert!(a["schema"]["fields"].is_array(), "{a}");
 
     // Another tenant sees none of it.
-    let r = send(
-        "POST",
-        &server.url("/v1/keys"),
-        Some(ADMIN_KEY),
-        Some("application/json"),
-        Some(
-            json!({"tenant": "acme", "scopes": ["query", "ingest", "admin"]})
-                .to_string()
-                .as_bytes(),
-        ),
-    );
-    let acme = r.json()["key"].as_str().unwrap().to_string();
+    let acme = create_key(&server, "acme", json!(["query", "ingest", "admin"]));
     create_table(
         &server,
         &acme,

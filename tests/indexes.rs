@@ -46,16 +46,6 @@ fn sidecars(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn compact(server: &Server, table: &str) -> Resp {
-    send(
-        "POST",
-        &server.url(&format!("/v1/tables/{table}/compact")),
-        Some(ADMIN_KEY),
-        None,
-        None,
-    )
-}
-
 fn files(server: &Server, table: &str) -> Value {
     send(
         "GET",

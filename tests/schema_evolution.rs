@@ -141,13 +141,7 @@ fn additive_versions_read_every_older_row_in_the_newest_shape() {
 
     // Files of both versions compact into one of the newest version.
     flush(&server, ADMIN_KEY, "t");
-    let r = send(
-        "POST",
-        &server.url("/v1/tables/t/compact"),
-        Some(ADMIN_KEY),
-        None,
-        None,
-    );
+    let r = compact(&server, "t");
     assert_eq!(r.status, 200, "{r:?}");
     let files = get(&server, "/v1/tables/t/files").json();
     let live = files["files"].as_array().unwrap();

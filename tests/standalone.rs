@@ -205,21 +205,7 @@ fn keys_scopes_tenants_and_jwt() {
     let server = Server::start(dir.path(), &env);
 
     // The admin of the operator tenant creates keys for tenant acme.
-    let mk = |tenant: &str, scopes: Value| {
-        let r = send(
-            "POST",
-            &server.url("/v1/keys"),
-            Some(ADMIN_KEY),
-            Some("application/json"),
-            Some(
-                json!({"tenant": tenant, "scopes": scopes})
-                    .to_string()
-                    .as_bytes(),
-            ),
-        );
-        assert_eq!(r.status, 201, "{r:?}");
-        r.json()["key"].as_str().unwrap().to_string()
-    };
+    let mk = |tenant: &str, scopes: Value| create_key(&server, tenant, scopes);
     let acme_admin = mk("acme", json!(["admin"]));
     let acme_ingest = mk("acme", json!(["ingest"]));
     let acme_query = mk("acme", json!(["query"]));

@@ -217,6 +217,41 @@ pub fn create_table(server: &Server, key: &str, table: &str, schema: &Value) {
     assert!(r.status == 201 || r.status == 200, "create table: {r:?}");
 }
 
+/// `POST /v1/keys` as the admin: a new key of `tenant` with `scopes` (a JSON array).
+pub fn create_key(server: &Server, tenant: &str, scopes: Value) -> String {
+    let body = serde_json::json!({"tenant": tenant, "scopes": scopes}).to_string();
+    let r = send(
+        "POST",
+        &server.url("/v1/keys"),
+        Some(ADMIN_KEY),
+        Some("application/json"),
+        Some(body.as_bytes()),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    r.json()["key"].as_str().unwrap().to_string()
+}
+
+/// `POST /v1/tables/{table}/compact` with the admin key.
+pub fn compact(server: &Server, table: &str) -> Resp {
+    send(
+        "POST",
+        &server.url(&format!("/v1/tables/{table}/compact")),
+        Some(ADMIN_KEY),
+        None,
+        None,
+    )
+}
+
+/// Creates table `table` with one nullable int64 field `n`, as the admin.
+pub fn create_n_table(server: &Server, table: &str) {
+    create_table(
+        server,
+        ADMIN_KEY,
+        table,
+        &serde_json::json!({"fields": [{"name": "n", "type": "int64"}]}),
+    );
+}
+
 /// `GET path` with the admin key.
 pub fn get(server: &Server, path: &str) -> Resp {
     send("GET", &server.url(path), Some(ADMIN_KEY), None, None)

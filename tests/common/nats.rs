@@ -1,11 +1,19 @@
 //! A real `nats-server` for tests: started on a free port with JetStream and its own store
-//! directory, stopped (and restartable on the same port and store) by the test.
+//! directory, stopped (and restartable on the same port and store) by the test; and the
+//! helpers of the NATS tests: a lake (a temporary directory with a nats-server and an alluvium
+//! data directory), requests with their status, counts and metrics.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::{ADMIN_KEY, Server, get, query_all};
 
 /// The server binary: `ALLUVIUM_TEST_NATS_SERVER`, or the one `./scripts/test.sh` installs into
 /// the test virtualenv.
@@ -95,4 +103,101 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A temporary directory holding a running nats-server (`nats/`) and an alluvium data
+/// directory (`data/`).
+pub struct Lake {
+    /// The NATS server.
+    pub nats: NatsServer,
+    /// alluvium's data directory.
+    pub data: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Lake {
+    /// A new directory with nats-server started.
+    pub fn new() -> Lake {
+        let dir = tempfile::tempdir().unwrap();
+        Lake {
+            nats: NatsServer::start(&dir.path().join("nats")),
+            data: dir.path().join("data"),
+            _dir: dir,
+        }
+    }
+
+    /// Starts alluvium on the data directory, connected to the NATS server, with extra
+    /// `ALLUVIUM_*` settings.
+    pub fn serve(&self, extra: &[(&str, &str)]) -> Server {
+        let url = self.nats.url();
+        let mut env = vec![("ALLUVIUM_NATS__URL", url.as_str())];
+        env.extend_from_slice(extra);
+        Server::start(&self.data, &env)
+    }
+}
+
+/// Headers with `Authorization: Bearer {key}`.
+pub fn auth(key: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("Authorization", format!("Bearer {key}").as_str());
+    h
+}
+
+/// The admin credential with an `Alluvium-Durability` header.
+pub fn durability(level: &str) -> HeaderMap {
+    let mut h = auth(ADMIN_KEY);
+    h.insert("Alluvium-Durability", level);
+    h
+}
+
+/// Sends a request and returns (Alluvium-Status, body JSON).
+pub async fn request(
+    client: &async_nats::Client,
+    subject: &str,
+    headers: HeaderMap,
+    body: &str,
+) -> (u16, Value) {
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request_with_headers(subject.to_string(), headers, Bytes::from(body.to_string())),
+    )
+    .await
+    .expect("no reply within 10 s")
+    .expect("request failed");
+    let status = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Alluvium-Status"))
+        .map(|v| v.as_str().parse().unwrap())
+        .expect("reply without Alluvium-Status");
+    (status, serde_json::from_slice(&reply.payload).unwrap())
+}
+
+/// Rows of a table.
+pub fn count(server: &Server, table: &str) -> usize {
+    query_all(server, ADMIN_KEY, table, &json!({})).len()
+}
+
+/// The value of a metric without labels.
+pub fn metric(server: &Server, name: &str) -> u64 {
+    let body = get(server, "/metrics").body;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in {body}"))
+}
+
+/// Messages in JetStream stream `name` now (blocking: for `wait_for` closures).
+pub fn stream_messages(js: &async_nats::jetstream::Context, name: &str) -> u64 {
+    let js = js.clone();
+    let name = name.to_string();
+    futures::executor::block_on(async move {
+        js.get_stream(name)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages
+    })
 }

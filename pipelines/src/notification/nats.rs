@@ -113,6 +113,20 @@ pub async fn publish_events(
     }
 }
 
+/// Publishes one message and waits for JetStream's acknowledgement.
+async fn publish_acked(
+    js: &jetstream::Context,
+    subject: &str,
+    headers: HeaderMap,
+    payload: bytes::Bytes,
+) -> Result<jetstream::publish::PublishAck, String> {
+    js.publish_with_headers(subject.to_string(), headers, payload)
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Publishes one event, retrying with backoff until JetStream acknowledges it.
 async fn publish_one(
     js: &jetstream::Context,
@@ -142,14 +156,7 @@ async fn publish_one(
         h.insert(headers::EVENT_ID, event.id.as_str());
         h.insert(headers::LAKE_ID, event.lake_id.as_str());
         h.insert(headers::CONTENT_TYPE, "application/json");
-        let res = match js
-            .publish_with_headers(subject.clone(), h, payload.clone())
-            .await
-        {
-            Ok(ack) => ack.await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match res {
+        match publish_acked(js, &subject, h, payload.clone()).await {
             Ok(ack) => {
                 stats.events_published.fetch_add(1, Ordering::Relaxed);
                 if ack.duplicate {
@@ -190,14 +197,7 @@ pub async fn publish_rejects(
             let mut h = HeaderMap::new();
             h.insert(headers::CONTENT_TYPE, "application/json");
             h.insert(headers::CODE, reject.code.as_str());
-            let res = match js
-                .publish_with_headers(subject.clone(), h, payload.clone())
-                .await
-            {
-                Ok(ack) => ack.await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match res {
+            match publish_acked(&js, &subject, h, payload.clone()).await {
                 Ok(_) => {
                     done = true;
                     break;
