@@ -25,7 +25,7 @@ use alluvium_actors::schema::actor::SchemaActor;
 use alluvium_actors::schema::translate::BatchLimits;
 use alluvium_actors::storage::Storage;
 use alluvium_actors::wal::actor::{WalActor, WalStats};
-use alluvium_actors::wal::dedupe::Seen;
+use alluvium_actors::wal::dedupe::{Seen, SharedDedupe};
 use alluvium_actors::wal::{Dedupe, DedupeConfig, Wal, WalConfig, WalError};
 
 use crate::PipelineError;
@@ -72,6 +72,7 @@ pub struct Node {
     pub(crate) gauge: MemoryGauge,
     pub(crate) wal_stats: Arc<WalStats>,
     pub(crate) memory_budget: usize,
+    pub(crate) dedupe: SharedDedupe,
     pub(crate) events: crate::notification::EventHub,
     pub(crate) rejects: Arc<std::sync::OnceLock<crate::notification::RejectSink>>,
     /// What happened to the bootstrap key at start.
@@ -148,13 +149,15 @@ impl Node {
             chrono_now_us(),
         )?;
         let (wal, next_seq) = recover(&state, wal_config, &mut memtables, &mut dedupe)?;
+        let dedupe: SharedDedupe = Arc::new(std::sync::RwLock::new(dedupe));
+        let wal_dedupe = dedupe.clone();
         let memtable = Supervisor::start(move |_| memtables);
         let wal_memtable = memtable.clone().recipient();
         let wal_catalog = catalog.clone();
         let wal_stats = Arc::new(WalStats::default());
         let stats = wal_stats.clone();
         let wal = Supervisor::start(move |_| {
-            WalActor::new(wal, next_seq, wal_memtable, wal_catalog, stats, dedupe)
+            WalActor::new(wal, next_seq, wal_memtable, wal_catalog, stats, wal_dedupe)
         });
 
         let schema_actor = SchemaActor::new(&state, catalog.clone(), config.batch_limits)
@@ -181,6 +184,7 @@ impl Node {
             gauge,
             wal_stats,
             memory_budget: config.memory_budget,
+            dedupe,
             events,
             rejects: Default::default(),
             bootstrap: Arc::new(bootstrap),

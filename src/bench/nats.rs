@@ -58,6 +58,10 @@ pub struct NatsArgs {
     /// The server consumes the ALLUVIUM_INGEST stream (`[nats] ingest_mode = "jetstream"`).
     #[arg(long)]
     jetstream: bool,
+    /// Sends no `Nats-Msg-Id` (no idempotency key): measures what the keys cost. Retries of
+    /// core requests may then store a batch twice.
+    #[arg(long)]
+    no_msg_id: bool,
     /// Skips reading the table back afterwards.
     #[arg(long)]
     no_verify: bool,
@@ -245,7 +249,9 @@ async fn alluvium_core(
         let mut h = HeaderMap::new();
         h.insert("Authorization", auth.as_str());
         h.insert("Content-Type", "application/json");
-        h.insert("Nats-Msg-Id", format!("m{i}").as_str());
+        if !args.no_msg_id {
+            h.insert("Nats-Msg-Id", format!("m{i}").as_str());
+        }
         let req = client.request_with_headers(subject.clone(), h, body);
         async move { (i, req.await) }
     };
@@ -352,7 +358,9 @@ async fn alluvium_stream(
         let mut h = HeaderMap::new();
         h.insert("Authorization", auth.as_str());
         h.insert("Content-Type", "application/json");
-        h.insert("Nats-Msg-Id", format!("m{i}").as_str());
+        if !args.no_msg_id {
+            h.insert("Nats-Msg-Id", format!("m{i}").as_str());
+        }
         h
     })
     .await?;

@@ -28,8 +28,8 @@ use actix::{
 };
 use tokio::sync::oneshot;
 
-use super::dedupe::{Dedupe, IdempotencyKey, Seen, SnapshotWrite};
-use super::messages::{Append, Durability, Durable, LookupKey};
+use super::dedupe::{Dedupe, IdempotencyKey, Seen, SharedDedupe, SnapshotWrite};
+use super::messages::{Append, Durability, Durable};
 use super::{Wal, WalError, WalRecord};
 use crate::catalog::CatalogActor;
 use crate::catalog::messages::Snapshot;
@@ -98,7 +98,7 @@ pub struct WalActor {
     waiters: Vec<Waiter>,
     /// Committed positions waiting for the log to be free.
     checkpoint_due: Option<HashMap<TableRef, Seq>>,
-    dedupe: Dedupe,
+    dedupe: SharedDedupe,
     in_flight: InFlight,
     memtable: Recipient<Insert>,
     catalog: Addr<CatalogActor>,
@@ -153,7 +153,7 @@ impl WalActor {
         memtable: Recipient<Insert>,
         catalog: Addr<CatalogActor>,
         stats: Arc<WalStats>,
-        dedupe: Dedupe,
+        dedupe: SharedDedupe,
     ) -> Self {
         Self {
             stats,
@@ -201,14 +201,17 @@ impl WalActor {
                 .unwrap_or_default();
             let answer = match res {
                 Ok(()) => {
-                    self.dedupe.insert(table.clone(), key.clone(), *seen, now);
-                    let evicted = self.dedupe.evicted;
+                    let (evicted, max_keys) = {
+                        let mut d = write_dedupe(&self.dedupe);
+                        d.insert(table.clone(), key.clone(), *seen, now);
+                        (d.evicted, d.config().max_keys)
+                    };
                     if evicted > self.stats.keys_evicted.swap(evicted, Ordering::Relaxed)
                         && evicted.is_power_of_two()
                     {
                         tracing::warn!(
                             evicted,
-                            max_keys = self.dedupe.config().max_keys,
+                            max_keys,
                             "idempotency keys forgotten before their window ended: raise [ingest] idempotency_max_keys"
                         );
                     }
@@ -243,7 +246,7 @@ impl WalActor {
         let records = std::mem::take(&mut self.pending);
         let waiters = std::mem::take(&mut self.waiters);
         let due = self.checkpoint_due.take();
-        let keys = due.as_ref().and_then(|c| self.dedupe.snapshot_for(c));
+        let keys = due.as_ref().and_then(|c| read_dedupe(&self.dedupe).snapshot_for(c));
         let keyed: Vec<KeyOf> = records.iter().map(key_of).collect();
         let stats = self.stats.clone();
         let span = tracing::info_span!("wal_commit", records = records.len());
@@ -273,7 +276,7 @@ impl WalActor {
                         }
                     };
                     if let Some(covers) = saved {
-                        act.dedupe.saved(covers);
+                        write_dedupe(&act.dedupe).saved(covers);
                     }
                     if let Err(e) = res {
                         act.settle_keys(&keyed, Err(&e));
@@ -350,7 +353,7 @@ impl WalActor {
             return;
         };
         let stats = self.stats.clone();
-        let keys = self.dedupe.snapshot_for(&committed);
+        let keys = read_dedupe(&self.dedupe).snapshot_for(&committed);
         let run = tokio::task::spawn_blocking(move || {
             let saved = run_checkpoint(&mut wal, &committed, keys, &stats);
             (wal, saved)
@@ -360,7 +363,7 @@ impl WalActor {
                 Ok((wal, saved)) => {
                     act.wal = Some(wal);
                     if let Some(covers) = saved {
-                        act.dedupe.saved(covers);
+                        write_dedupe(&act.dedupe).saved(covers);
                     }
                 }
                 Err(e) => act.poison(WalError::Poisoned {
@@ -531,23 +534,20 @@ impl WalActor {
     /// The answer for a key already durable within the window, or the refusal of a key
     /// reused for another body.
     fn known(&self, table: &TableRef, key: &IdempotencyKey) -> Result<Option<Durable>, WalError> {
-        let Some(seen) = self.dedupe.get(table, &key.key, now_us()) else {
-            return Ok(None);
-        };
-        if seen.body_hash != key.body_hash {
-            return Err(WalError::IdempotencyKeyReused {
-                key: key.key.clone(),
-            });
-        }
-        self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-        Ok(Some(seen.durable()))
+        let seen = read_dedupe(&self.dedupe).check(table, key, now_us())?;
+        Ok(seen.map(|seen| {
+            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            seen.durable()
+        }))
     }
 }
 
-impl Handler<LookupKey> for WalActor {
-    type Result = Result<Option<Durable>, WalError>;
+/// The index for reading (a panic while it was held cannot leave it half-changed: every
+/// change is one call).
+pub(crate) fn read_dedupe(d: &SharedDedupe) -> std::sync::RwLockReadGuard<'_, Dedupe> {
+    d.read().unwrap_or_else(|p| p.into_inner())
+}
 
-    fn handle(&mut self, msg: LookupKey, _ctx: &mut Self::Context) -> Self::Result {
-        self.known(&msg.table, &msg.key)
-    }
+fn write_dedupe(d: &SharedDedupe) -> std::sync::RwLockWriteGuard<'_, Dedupe> {
+    d.write().unwrap_or_else(|p| p.into_inner())
 }

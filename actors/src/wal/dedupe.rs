@@ -98,15 +98,18 @@ struct Snapshot {
 
 const SNAPSHOT_FORMAT: u32 = 1;
 
-type Key = (TableRef, String);
+/// The index shared by the WAL actor (which records keys) and the ingest path (which answers
+/// retries without a trip through the actor).
+pub type SharedDedupe = std::sync::Arc<std::sync::RwLock<Dedupe>>;
 
-/// The remembered keys, oldest first.
+/// The remembered keys: per table, by key; and every key in time order, oldest first.
 #[derive(Debug)]
 pub struct Dedupe {
     config: DedupeConfig,
     path: PathBuf,
-    map: HashMap<Key, Seen>,
-    order: VecDeque<(i64, Key)>,
+    map: HashMap<TableRef, HashMap<String, Seen>>,
+    len: usize,
+    order: VecDeque<(i64, TableRef, String)>,
     /// The committed positions the snapshot on disk covers.
     saved: HashMap<TableRef, Seq>,
     /// Keys forgotten early because `max_keys` was reached.
@@ -121,6 +124,7 @@ impl Dedupe {
             config,
             path,
             map: HashMap::new(),
+            len: 0,
             order: VecDeque::new(),
             saved: HashMap::new(),
             evicted: 0,
@@ -160,24 +164,58 @@ impl Dedupe {
 
     /// Keys remembered now.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     /// Whether no key is remembered.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len == 0
     }
 
     fn window_us(&self) -> i64 {
         i64::try_from(self.config.window.as_micros()).unwrap_or(i64::MAX)
     }
 
+    fn entry(&self, table: &TableRef, key: &str) -> Option<&Seen> {
+        self.map.get(table)?.get(key)
+    }
+
+    /// Removes the entry of `key` if it is the one made at `at`.
+    fn remove_if_at(&mut self, table: &TableRef, key: &str, at: i64) -> bool {
+        let Some(keys) = self.map.get_mut(table) else {
+            return false;
+        };
+        if keys.get(key).is_none_or(|s| s.at_us != at) {
+            return false;
+        }
+        keys.remove(key);
+        if keys.is_empty() {
+            self.map.remove(table);
+        }
+        self.len -= 1;
+        true
+    }
+
     /// What the first batch with `key` got, if it is still within the window.
     pub fn get(&self, table: &TableRef, key: &str, now_us: i64) -> Option<Seen> {
-        // A lookup by (table, key) without cloning the table: the map is small enough per
-        // request that building the tuple is the cost that matters.
-        let seen = self.map.get(&(table.clone(), key.to_string()))?;
+        let seen = self.entry(table, key)?;
         (seen.at_us >= now_us.saturating_sub(self.window_us())).then_some(*seen)
+    }
+
+    /// The answer for a retry of `key`: the first batch's sequences if it is within the
+    /// window, or [`WalError::IdempotencyKeyReused`] if that batch had another body.
+    pub fn check(
+        &self,
+        table: &TableRef,
+        key: &IdempotencyKey,
+        now_us: i64,
+    ) -> Result<Option<Seen>, WalError> {
+        match self.get(table, &key.key, now_us) {
+            Some(seen) if seen.body_hash != key.body_hash => Err(WalError::IdempotencyKeyReused {
+                key: key.key.clone(),
+            }),
+            other => Ok(other),
+        }
     }
 
     /// Remembers `key` (a later insert of the same key keeps the first, unless the first has
@@ -188,55 +226,57 @@ impl Dedupe {
         if seen.at_us < oldest {
             return;
         }
-        let k = (table, key);
-        if self.map.get(&k).is_some_and(|old| old.at_us >= oldest) {
-            return;
+        if let Some(old) = self.entry(&table, &key) {
+            if old.at_us >= oldest {
+                return;
+            }
+            let at = old.at_us;
+            self.remove_if_at(&table, &key, at);
         }
-        while self.map.len() >= self.config.max_keys.max(1) {
-            let Some((at, old)) = self.order.pop_front() else {
+        while self.len >= self.config.max_keys.max(1) {
+            let Some((at, t, k)) = self.order.pop_front() else {
                 break;
             };
-            if self.map.get(&old).is_some_and(|s| s.at_us == at) {
-                self.map.remove(&old);
+            if self.remove_if_at(&t, &k, at) {
                 self.evicted += 1;
             }
         }
-        self.map.insert(k.clone(), seen);
-        self.order.push_back((seen.at_us, k));
+        self.map
+            .entry(table.clone())
+            .or_default()
+            .insert(key.clone(), seen);
+        self.len += 1;
+        self.order.push_back((seen.at_us, table, key));
     }
 
     /// Orders the keys by time after recovery (snapshot keys, then replayed ones, may
     /// interleave), so expiry and eviction take the oldest first.
     pub fn sort(&mut self) {
-        self.order.make_contiguous().sort_by_key(|(at, _)| *at);
+        self.order.make_contiguous().sort_by_key(|(at, _, _)| *at);
     }
 
     /// Forgets keys older than the window. Keys arrive in time order (see [`Dedupe::sort`]),
     /// so the scan stops at the first young one.
     pub fn expire(&mut self, now_us: i64) {
         let oldest = now_us.saturating_sub(self.window_us());
-        while let Some((at, _)) = self.order.front() {
-            if *at >= oldest {
-                break;
-            }
-            if let Some((at, k)) = self.order.pop_front() {
+        while self.order.front().is_some_and(|(at, _, _)| *at < oldest) {
+            if let Some((at, t, k)) = self.order.pop_front() {
                 // Only if the map still holds this entry (a key re-inserted after its window
                 // has a younger entry further on).
-                if self.map.get(&k).is_some_and(|s| s.at_us == at) {
-                    self.map.remove(&k);
-                }
+                self.remove_if_at(&t, &k, at);
             }
         }
     }
 
     /// The snapshot a checkpoint to `committed` needs, if the one on disk does not cover it:
     /// every live key whose events are committed (their WAL segments may be deleted). `None`
-    /// when nothing new needs saving.
+    /// when nothing new needs saving. Only tables whose committed position moved past the
+    /// saved one are searched.
     pub fn snapshot_for(&self, committed: &HashMap<TableRef, Seq>) -> Option<SnapshotWrite> {
-        let newly_covered = self.map.iter().any(|((table, _), seen)| {
+        let newly_covered = self.map.iter().any(|(table, keys)| {
             let c = committed.get(table).copied().unwrap_or(0);
             let s = self.saved.get(table).copied().unwrap_or(0);
-            seen.last_seq <= c && seen.last_seq > s
+            c > s && keys.values().any(|seen| seen.last_seq <= c && seen.last_seq > s)
         });
         if !newly_covered {
             return None;
@@ -244,14 +284,12 @@ impl Dedupe {
         let entries = self
             .order
             .iter()
-            .filter_map(|(at, k)| {
-                let seen = self.map.get(k).filter(|s| s.at_us == *at)?;
-                (seen.last_seq <= committed.get(&k.0).copied().unwrap_or(0)).then(|| {
-                    SnapshotEntry {
-                        table: k.0.clone(),
-                        key: k.1.clone(),
-                        seen: *seen,
-                    }
+            .filter_map(|(at, t, k)| {
+                let seen = self.entry(t, k).filter(|s| s.at_us == *at)?;
+                (seen.last_seq <= committed.get(t).copied().unwrap_or(0)).then(|| SnapshotEntry {
+                    table: t.clone(),
+                    key: k.clone(),
+                    seen: *seen,
                 })
             })
             .collect();

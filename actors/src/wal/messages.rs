@@ -30,18 +30,6 @@ pub struct Append {
     pub idempotency_key: Option<super::dedupe::IdempotencyKey>,
 }
 
-/// Looks up an idempotency key: the sequences of the batch that first used it, if it is
-/// durable and within the window (lets a retry skip validation), or
-/// [`WalError::IdempotencyKeyReused`] if that batch had another body.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<Option<Durable>, WalError>")]
-pub struct LookupKey {
-    /// The table the key is scoped to.
-    pub table: TableRef,
-    /// The key.
-    pub key: super::dedupe::IdempotencyKey,
-}
-
 /// The point at which an append is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
