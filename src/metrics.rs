@@ -212,6 +212,12 @@ impl Metrics {
                     load(&p.publish_failures),
                 ),
                 (
+                    "alluvium_nats_events_too_large_total",
+                    "counter",
+                    "Commit events over the NATS server's max_payload, not published.",
+                    load(&p.events_too_large),
+                ),
+                (
                     "alluvium_nats_rejects_published_total",
                     "counter",
                     "Rejected batches published to the rejects stream.",

@@ -6,6 +6,8 @@
 //! rules, same validation, same durability), with the original idempotency key or
 //! `replay-{stream_sequence}`, so replaying twice stores nothing twice. Replayed batches that
 //! fail again are reported and left in the stream (they are not published as new rejects).
+//! Against a node in JetStream ingest mode the ingest stream takes the batches (`queued`);
+//! one that fails validation again becomes a new reject.
 
 use std::time::Duration;
 
@@ -53,6 +55,9 @@ pub struct ReplayReport {
     pub accepted_events: u64,
     /// Accepted ones that had been stored by an earlier replay or retry.
     pub duplicates: usize,
+    /// Of those, taken by the `ALLUVIUM_INGEST` stream (JetStream ingest mode) to be
+    /// validated later.
+    pub queued: usize,
     /// Refused again: (stream sequence, code, reason).
     pub still_rejected: Vec<(u64, String, String)>,
     /// Removed from the stream after being accepted.
@@ -66,7 +71,12 @@ async fn read(
     let filter = subjects.rejects_filter(&query.tenant, query.table.as_deref())?;
     let client = async_nats::connect(query.nats_url.as_str())
         .await
-        .with_context(|| format!("cannot connect to NATS at {}", query.nats_url))?;
+        .with_context(|| {
+            format!(
+                "cannot connect to NATS at {}",
+                alluvium_nats::connection::redact(&query.nats_url)
+            )
+        })?;
     let js = jetstream::new(client.clone());
     let stream = js
         .get_stream(REJECTS_STREAM)
@@ -172,7 +182,19 @@ pub async fn replay(
             .map(|v| v.as_str().to_string())
             .unwrap_or_default();
         let body: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
-        if status == "200" {
+        // A node in JetStream ingest mode: the stream took the batch (its acknowledgement
+        // answers the request); the node validates it later, and a new failure is a new reject.
+        let queued = status.is_empty() && body.get("stream").is_some() && body.get("seq").is_some();
+        if queued {
+            report.queued += 1;
+            if delete {
+                stream
+                    .delete_message(stream_seq)
+                    .await
+                    .with_context(|| format!("cannot delete reject {stream_seq}"))?;
+                report.deleted += 1;
+            }
+        } else if status == "200" {
             report.accepted += 1;
             report.accepted_events += body["accepted"].as_u64().unwrap_or(0);
             if body["duplicate"] == true {

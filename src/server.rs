@@ -118,7 +118,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         }
         let nats = match link_config(&config) {
             Some(link) => {
-                let url = link.connection.url.clone();
+                let url = alluvium_nats::connection::redact(&link.connection.url);
                 Some(
                     NatsLink::start_on_own_thread(&node, link)
                         .await

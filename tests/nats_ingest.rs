@@ -468,16 +468,18 @@ async fn jetstream_mode_acks_after_the_wal_and_stores_redeliveries_once() {
     // the restart, and those already in the WAL are not stored again.
     server.kill9();
     let server = lake.serve(&env);
-    // A bad batch is refused for good and goes to the rejects stream.
-    js.publish_with_headers(
-        "alluvium.ingest.default.j",
-        auth(ADMIN_KEY),
-        Bytes::from_static(b"{\"n\":\"x\"}"),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    // A bad batch, and one whose credential fails (the stream took both), are refused for
+    // good and go to the rejects stream with their payload.
+    for (key, body) in [
+        (ADMIN_KEY, "{\"n\":\"x\"}"),
+        ("expired-or-wrong", "{\"n\":1}"),
+    ] {
+        js.publish_with_headers("alluvium.ingest.default.j", auth(key), Bytes::from(body))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
     let all = wait_for(Duration::from_secs(30), || {
         (count(&server, "j") == (BATCHES * 5) as usize).then_some(())
     });
@@ -510,13 +512,21 @@ async fn jetstream_mode_acks_after_the_wal_and_stores_redeliveries_once() {
         .await
         .unwrap();
     let mut messages = consumer.messages().await.unwrap();
-    let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
-        .await
-        .expect("no reject")
-        .unwrap()
-        .unwrap();
-    let reject: Value = serde_json::from_slice(&m.payload).unwrap();
-    assert_eq!(reject["code"], "type_mismatch");
+    let mut rejects = Vec::new();
+    for _ in 0..2 {
+        let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("no reject")
+            .unwrap()
+            .unwrap();
+        rejects.push(serde_json::from_slice::<Value>(&m.payload).unwrap());
+    }
+    // Handled concurrently: in either order.
+    rejects.sort_by_key(|r| r["code"].as_str().unwrap().to_string());
+    assert_eq!(rejects[0]["code"], "invalid_api_key");
+    assert_eq!(rejects[0]["payload"], "{\"n\":1}");
+    assert_eq!(rejects[1]["code"], "type_mismatch");
+    assert!(rejects.iter().all(|r| r["source"] == "jetstream"));
 }
 
 /// Sends event `i` (padded with `pad`) to table `t` with message id `m-{i}`; asserts 200.
@@ -527,4 +537,30 @@ async fn keyed(client: &async_nats::Client, i: usize, pad: &str) -> Value {
     let (status, ack) = request(client, "alluvium.ingest.default.t", h, &body).await;
     assert_eq!(status, 200, "{ack}");
     ack
+}
+
+#[test]
+fn core_ingest_refuses_to_start_under_a_stream_that_captures_its_subjects() {
+    let lake = Lake::new();
+    // A JetStream-mode node creates ALLUVIUM_INGEST over alluvium.ingest.>.
+    drop(lake.serve(&[("ALLUVIUM_NATS__INGEST_MODE", "jetstream")]));
+    let out = std::process::Command::new(binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--nats-url",
+            &lake.nats.url(),
+        ])
+        .arg("--data-dir")
+        .arg(lake.data.join("other"))
+        .env("ALLUVIUM_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ALLUVIUM_INGEST captures ingest subjects"),
+        "{err}"
+    );
 }

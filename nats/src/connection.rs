@@ -56,6 +56,21 @@ pub struct Connection {
     pub stats: Arc<ConnectionStats>,
 }
 
+/// `url` (one or several, comma separated) with any `user:password@` replaced by `***@`, for
+/// logs and errors.
+pub fn redact(url: &str) -> String {
+    url.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &u[..scheme + 3], &u[at..])
+            }
+            (None, Some(at)) => format!("***{}", &u[at..]),
+            _ => u.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The delay before reconnect attempt `attempt`: 25 ms doubling up to 2 s.
 pub fn backoff(attempt: usize) -> Duration {
     let exp = attempt.min(16) as u32;
@@ -105,18 +120,18 @@ impl Connection {
             match options.connect(servers.clone()).await {
                 Ok(client) => {
                     stats.connects.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(url = %config.url, "connected to NATS");
+                    tracing::info!(url = %redact(&config.url), "connected to NATS");
                     return Ok(Connection { client, stats });
                 }
                 Err(e) => {
-                    tracing::warn!(url = %config.url, attempt, error = %e, "NATS connection failed");
+                    tracing::warn!(url = %redact(&config.url), attempt, error = %e, "NATS connection failed");
                     last = e.to_string();
                 }
             }
         }
         Err(NatsError::Connect(format!(
             "cannot connect to NATS at {} after {} attempts: {last}",
-            config.url,
+            redact(&config.url),
             config.connect_attempts.max(1)
         )))
     }
@@ -157,6 +172,16 @@ fn on_event(stats: &ConnectionStats, event: Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacts_credentials() {
+        assert_eq!(
+            redact("nats://u:secret@10.0.0.1:4222,nats://10.0.0.2:4222"),
+            "nats://***@10.0.0.1:4222,nats://10.0.0.2:4222"
+        );
+        assert_eq!(redact("tok@host:4222"), "***@host:4222");
+        assert_eq!(redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

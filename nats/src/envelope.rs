@@ -115,8 +115,12 @@ pub struct Reject {
     pub format: String,
     /// The payload as sent: text when it is UTF-8, else base64 (see `payload_encoding`).
     pub payload: String,
-    /// `utf8` or `base64`.
+    /// `utf8`, `base64`, or `omitted` for a payload too large to keep (it cannot be
+    /// replayed; `payload_bytes` says how large it was).
     pub payload_encoding: String,
+    /// Size of the original payload in bytes.
+    #[serde(default)]
+    pub payload_bytes: usize,
 }
 
 impl Reject {
@@ -138,6 +142,10 @@ impl Reject {
             "base64" => base64::engine::general_purpose::STANDARD
                 .decode(&self.payload)
                 .map_err(|e| format!("payload is not valid base64: {e}")),
+            "omitted" => Err(format!(
+                "the payload ({} bytes) was too large to keep with the reject",
+                self.payload_bytes
+            )),
             other => Err(format!("unknown payload encoding {other:?}")),
         }
     }
@@ -173,6 +181,7 @@ mod tests {
                 format: "json".into(),
                 payload: text,
                 payload_encoding: enc,
+                payload_bytes: payload.len(),
             };
             let back: Reject = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
             assert_eq!(back.payload_bytes().unwrap(), payload);

@@ -66,6 +66,8 @@ pub enum Source {
     Nats,
     /// `alluvium rejects replay`.
     Replay,
+    /// The `ALLUVIUM_INGEST` stream (JetStream ingest mode), which publishes its own rejects.
+    JetStream,
 }
 
 impl Source {
@@ -75,6 +77,7 @@ impl Source {
             Source::Http => "http",
             Source::Nats => "nats",
             Source::Replay => "replay",
+            Source::JetStream => "jetstream",
         }
     }
 }
@@ -336,20 +339,43 @@ impl Node {
     /// about the batch itself (4xx schema errors) are rejects; nothing is sent for failed
     /// authentication, overload or internal errors.
     pub(crate) fn reject(&self, table: &TableRef, request: &IngestRequest, error: &PipelineError) {
+        if matches!(request.source, Source::Replay | Source::JetStream) {
+            return;
+        }
+        let (status, code) = error.status_and_code();
+        if (400..500).contains(&status) {
+            let (tenant, table) = (table.tenant.as_str(), table.table.as_str());
+            self.publish_reject(tenant, table, request, status, code, &error.to_string());
+        }
+    }
+
+    /// Hands a refused batch to the rejects sink, if one is set. The payload is kept up to
+    /// [`MAX_REJECT_PAYLOAD`] bytes; a larger one is left out (the reject still says why and
+    /// how large it was), so a flood of large bad batches cannot fill memory.
+    pub fn publish_reject(
+        &self,
+        tenant: &str,
+        table: &str,
+        request: &IngestRequest,
+        status: u16,
+        code: &str,
+        reason: &str,
+    ) {
         let Some(sink) = self.rejects.get() else {
             return;
         };
-        let (status, code) = error.status_and_code();
-        if !(400..500).contains(&status) || request.source == Source::Replay {
-            return;
-        }
-        let (payload, payload_encoding) = alluvium_nats::Reject::encode_payload(&request.body);
+        let omitted = request.body.len() > MAX_REJECT_PAYLOAD;
+        let (payload, payload_encoding) = if omitted {
+            (String::new(), "omitted".to_string())
+        } else {
+            alluvium_nats::Reject::encode_payload(&request.body)
+        };
         let reject = alluvium_nats::Reject {
-            tenant: table.tenant.as_str().to_string(),
-            table: table.table.as_str().to_string(),
+            tenant: tenant.to_string(),
+            table: table.to_string(),
             code: code.to_string(),
             status,
-            reason: error.to_string(),
+            reason: reason.to_string(),
             rejected_at: chrono_now(),
             source: request.source.as_str().to_string(),
             idempotency_key: request.idempotency_key.clone(),
@@ -360,10 +386,15 @@ impl Node {
             .to_string(),
             payload,
             payload_encoding,
+            payload_bytes: request.body.len(),
         };
         sink.send(reject);
     }
 }
+
+/// Largest payload a reject carries: a larger one could not be published anyway (NATS's
+/// default `max_payload` is 1 MiB, and the reject's JSON adds to it).
+pub const MAX_REJECT_PAYLOAD: usize = 512 << 10;
 
 fn chrono_now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

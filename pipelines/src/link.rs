@@ -14,6 +14,10 @@ use crate::notification::RejectSink;
 use crate::notification::nats::{PublishStats, publish_events, publish_rejects};
 use crate::sources::nats::{NatsIngestConfig, NatsIngestStats};
 
+/// Payload bytes of rejects queued for publishing at most; beyond, rejects are dropped (and
+/// counted) rather than held in memory.
+const REJECTS_MAX_BYTES: usize = 64 << 20;
+
 /// A failure of the link's set-up.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -60,7 +64,7 @@ impl NatsLink {
         let ingest_stats = Arc::new(NatsIngestStats::default());
         let publish_stats = Arc::new(PublishStats::default());
 
-        let (sink, rejects) = RejectSink::new(config.rejects_capacity.max(1));
+        let (sink, rejects) = RejectSink::new(config.rejects_capacity.max(1), REJECTS_MAX_BYTES);
         node.set_reject_sink(sink);
         actix::spawn(publish_rejects(
             rejects,
@@ -87,6 +91,7 @@ impl NatsLink {
                 .await
                 .map_err(|e| NatsError::JetStream(e.0))?;
             actix::spawn(crate::sources::nats::serve_jetstream(
+                js.clone(),
                 consumer,
                 node.clone(),
                 subjects.clone(),
@@ -96,19 +101,15 @@ impl NatsLink {
         } else if let Some(ingest) = config.ingest {
             // A stream over the ingest subjects would answer every request with its own
             // acknowledgement before alluvium validated anything.
-            if let Ok(mut stream) = js.get_stream(alluvium_nats::jetstream::INGEST_STREAM).await {
-                let covered = stream
-                    .info()
-                    .await
-                    .map(|i| i.config.subjects.clone())
-                    .unwrap_or_default();
-                if covered.contains(&subjects.ingest_all()) {
-                    return Err(NatsError::Config(format!(
-                        "stream {} captures {} and would acknowledge requests before alluvium                          validates them: set [nats] ingest_mode = \"jetstream\", or delete the stream",
-                        alluvium_nats::jetstream::INGEST_STREAM,
-                        subjects.ingest_all()
-                    )));
-                }
+            // (Any stream whose subjects overlap the ingest subjects counts.)
+            if let Ok(name) = js.stream_by_subject(subjects.ingest_all()).await {
+                return Err(NatsError::Config(format!(
+                    "stream {name} captures ingest subjects ({}) and would acknowledge requests \
+                     before alluvium validates them: set [nats] ingest_mode = \"jetstream\" \
+                     (if it is {}), or remove those subjects from the stream",
+                    subjects.ingest_all(),
+                    alluvium_nats::jetstream::INGEST_STREAM,
+                )));
             }
             let client = connection.client.clone();
             let sub = crate::sources::nats::subscribe(&client, &subjects, &ingest)

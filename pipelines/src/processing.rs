@@ -282,7 +282,8 @@ fn recover(
                 last_seq,
                 at_us: record.ingested_at_us,
                 body_hash: key.body_hash,
-            };
+            }
+            .recovered(now);
             dedupe.insert(record.table.clone(), key.key, seen, now);
         }
         let seen = last.entry(record.table.clone()).or_insert(0);

@@ -82,26 +82,25 @@ pub async fn events(
             && table.as_ref().is_none_or(|t| e.table == t.as_str())
             && (kinds.is_empty() || kinds.contains(&e.kind))
     };
-    let events = state
-        .node
-        .commit_events()
-        .subscribe(after)
-        .filter_map(move |item| {
-            let out = match item {
-                Ok(e) if matches(&e) => Some(sse_event(&e)),
-                Ok(_) => None,
-                Err(e) => Some(sse_error(&e)),
+    let events = Box::pin(state.node.commit_events().subscribe(after));
+    // Each matching event, a keep-alive comment when nothing was sent for a while, and the
+    // end of the stream after an error (the client reconnects with Last-Event-ID).
+    let body = futures::stream::unfold(Some((events, matches)), |state| async move {
+        let (mut events, matches) = state?;
+        loop {
+            let next = tokio::time::timeout(KEEPALIVE, events.next()).await;
+            let chunk = match next {
+                Err(_) => Bytes::from_static(b": keep-alive\n\n"),
+                Ok(Some(Ok(e))) if matches(&e) => sse_event(&e),
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(e))) => return Some((sse_error(&e), None)),
+                Ok(None) => return None,
             };
-            std::future::ready(out)
-        });
-    let keepalive = futures::stream::unfold((), |()| async {
-        tokio::time::sleep(KEEPALIVE).await;
-        Some((Bytes::from_static(b": keep-alive\n\n"), ()))
+            return Some((chunk, Some((events, matches))));
+        }
     });
     let hello = futures::stream::once(std::future::ready(Bytes::from_static(b": subscribed\n\n")));
-    let body = hello
-        .chain(futures::stream::select(events, keepalive))
-        .map(Ok::<_, actix_web::Error>);
+    let body = hello.chain(body).map(Ok::<_, actix_web::Error>);
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))

@@ -246,7 +246,9 @@ impl WalActor {
         let records = std::mem::take(&mut self.pending);
         let waiters = std::mem::take(&mut self.waiters);
         let due = self.checkpoint_due.take();
-        let keys = due.as_ref().and_then(|c| read_dedupe(&self.dedupe).snapshot_for(c));
+        let keys = due
+            .as_ref()
+            .and_then(|c| read_dedupe(&self.dedupe).snapshot_for(c));
         let keyed: Vec<KeyOf> = records.iter().map(key_of).collect();
         let stats = self.stats.clone();
         let span = tracing::info_span!("wal_commit", records = records.len());

@@ -9,8 +9,9 @@
 //! file (`idempotency.json`, written to a temporary name, fsynced and renamed), so keys outlive
 //! the segments that carried them for as long as the window lasts.
 //!
-//! Keys are scoped to a table. The window is measured from the first batch's ingestion time;
-//! beyond `max_keys` the oldest keys are forgotten first (and counted).
+//! Keys are scoped to a table. The window is measured from the first batch's ingestion time,
+//! and starts again for every key recovered at start (see [`Seen::recovered`]); beyond
+//! `max_keys` the oldest keys are forgotten first (and counted).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
@@ -72,6 +73,17 @@ pub struct Seen {
 }
 
 impl Seen {
+    /// The entry of a key recovered at start (from the snapshot or the WAL), whose window
+    /// starts again now: the window counts the node's running time, so a node that was down
+    /// longer than the window still recognizes a retry, or a JetStream redelivery, of a batch
+    /// it stored just before it went down.
+    pub fn recovered(self, now_us: i64) -> Seen {
+        Seen {
+            at_us: self.at_us.max(now_us),
+            ..self
+        }
+    }
+
     /// The sequences as an acknowledgement.
     pub fn durable(&self) -> Durable {
         Durable {
@@ -148,7 +160,8 @@ impl Dedupe {
                     });
                 }
                 for e in snap.entries {
-                    d.insert(e.table, e.key, e.seen, now_us);
+                    let seen = e.seen.recovered(now_us);
+                    d.insert(e.table, e.key, seen, now_us);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -276,7 +289,10 @@ impl Dedupe {
         let newly_covered = self.map.iter().any(|(table, keys)| {
             let c = committed.get(table).copied().unwrap_or(0);
             let s = self.saved.get(table).copied().unwrap_or(0);
-            c > s && keys.values().any(|seen| seen.last_seq <= c && seen.last_seq > s)
+            c > s
+                && keys
+                    .values()
+                    .any(|seen| seen.last_seq <= c && seen.last_seq > s)
         });
         if !newly_covered {
             return None;
@@ -440,9 +456,12 @@ mod tests {
         assert_eq!(back.get(&t("a"), "old", MIN).unwrap().first_seq, 3);
         // Still in the WAL, so recovery (not the snapshot) brings it back.
         assert_eq!(back.get(&t("a"), "new", MIN), None);
-        // Expired keys are not loaded.
+        // Keys loaded at start begin a new window: a node down longer than the window still
+        // knows them.
         let late = Dedupe::open(path.clone(), DedupeConfig::default(), 20 * MIN).unwrap();
-        assert!(late.is_empty());
+        let seen = late.get(&t("a"), "old", 20 * MIN).unwrap();
+        assert_eq!((seen.first_seq, seen.at_us), (3, 20 * MIN));
+        assert_eq!(late.get(&t("a"), "old", 36 * MIN), None);
         std::fs::write(&path, b"{not json").unwrap();
         let err = Dedupe::open(path, DedupeConfig::default(), 0).unwrap_err();
         assert!(err.to_string().contains("idempotency snapshot"), "{err}");

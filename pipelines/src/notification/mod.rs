@@ -13,36 +13,63 @@ pub mod nats;
 pub mod webhooks;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use alluvium_nats::Reject;
 use tokio::sync::mpsc;
 
 pub use feed::{EventFeed, EventHub, EventPos};
 
-/// Where the ingest stage hands rejected batches; bounded, and never blocks ingest: when full,
-/// rejects are counted as dropped.
+/// Where the ingest stage hands rejected batches; bounded in count and in bytes, and never
+/// blocks ingest: when full, rejects are counted as dropped.
 #[derive(Debug, Clone)]
 pub struct RejectSink {
     tx: mpsc::Sender<Reject>,
+    queued_bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
     /// Rejects dropped because the sink was full or closed.
     pub dropped: Arc<AtomicU64>,
 }
 
+/// The receiving end of a [`RejectSink`].
+#[derive(Debug)]
+pub struct RejectQueue {
+    rx: mpsc::Receiver<Reject>,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+impl RejectQueue {
+    /// The next reject, once one is queued; `None` when every sink is gone.
+    pub async fn recv(&mut self) -> Option<Reject> {
+        let r = self.rx.recv().await?;
+        self.queued_bytes
+            .fetch_sub(r.payload.len(), Ordering::Relaxed);
+        Some(r)
+    }
+}
+
 impl RejectSink {
-    /// A sink holding up to `capacity` rejects, and the receiving end.
-    pub fn new(capacity: usize) -> (RejectSink, mpsc::Receiver<Reject>) {
+    /// A sink holding up to `capacity` rejects and `max_bytes` of their payloads, and the
+    /// receiving end.
+    pub fn new(capacity: usize, max_bytes: usize) -> (RejectSink, RejectQueue) {
         let (tx, rx) = mpsc::channel(capacity);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let sink = RejectSink {
             tx,
+            queued_bytes: queued_bytes.clone(),
+            max_bytes,
             dropped: Default::default(),
         };
-        (sink, rx)
+        (sink, RejectQueue { rx, queued_bytes })
     }
 
     /// Queues a reject, or counts it as dropped.
     pub fn send(&self, reject: Reject) {
-        if self.tx.try_send(reject).is_err() {
+        let size = reject.payload.len();
+        let queued = self.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        let full = queued + size > self.max_bytes;
+        if full || self.tx.try_send(reject).is_err() {
+            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 tracing::warn!(

@@ -15,9 +15,8 @@ use std::time::Duration;
 
 use alluvium_nats::async_nats::HeaderMap;
 use alluvium_nats::async_nats::jetstream;
-use alluvium_nats::{CommitEvent, Reject, Subjects, connection::backoff, headers};
+use alluvium_nats::{CommitEvent, Subjects, connection::backoff, headers};
 use futures::StreamExt;
-use tokio::sync::mpsc;
 
 use super::EventHub;
 use super::feed::EventPos;
@@ -31,6 +30,8 @@ pub struct PublishStats {
     pub events_duplicate: AtomicU64,
     /// Failed publish attempts (each retried).
     pub publish_failures: AtomicU64,
+    /// Commit events over the server's payload limit, not published.
+    pub events_too_large: AtomicU64,
     /// Rejects acknowledged by JetStream.
     pub rejects_published: AtomicU64,
     /// Rejects given up on after retries.
@@ -58,23 +59,43 @@ fn write_cursor(path: &Path, lake_id: &str, id: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// The newest event of lake `lake_id` in the events stream, if the stream's last message is
-/// one.
-async fn newest_in_stream(js: &jetstream::Context, lake_id: &str) -> Option<EventPos> {
+/// Messages looked at, newest first, for this lake's newest event.
+const NEWEST_SCAN: u64 = 1000;
+
+/// The newest event of lake `lake_id` among the last [`NEWEST_SCAN`] messages of the events
+/// stream (`Ok(None)` if there is none); `Err` if the stream could not be read.
+async fn newest_in_stream(
+    js: &jetstream::Context,
+    lake_id: &str,
+) -> Result<Option<EventPos>, String> {
     let mut stream = js
         .get_stream(alluvium_nats::jetstream::EVENTS_STREAM)
         .await
-        .ok()?;
-    let last = stream.info().await.ok()?.state.last_sequence;
-    if last == 0 {
-        return None;
+        .map_err(|e| e.to_string())?;
+    let state = stream
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .clone();
+    let mut seq = state.last_sequence;
+    let floor = state.first_sequence.max(seq.saturating_sub(NEWEST_SCAN));
+    while seq >= floor.max(1) {
+        match stream.get_raw_message(seq).await {
+            Ok(msg) => {
+                let h = &msg.headers;
+                if h.get(headers::LAKE_ID).map(|v| v.as_str()) == Some(lake_id) {
+                    let id = h.get(headers::EVENT_ID).map(|v| v.as_str()).unwrap_or("");
+                    return Ok(CommitEvent::parse_id(id));
+                }
+            }
+            // A message deleted from the middle of the stream: look further back.
+            Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        seq -= 1;
     }
-    let msg = stream.get_raw_message(last).await.ok()?;
-    let h = msg.headers;
-    if h.get(headers::LAKE_ID).map(|v| v.as_str()) != Some(lake_id) {
-        return None;
-    }
-    CommitEvent::parse_id(h.get(headers::EVENT_ID)?.as_str())
+    Ok(None)
 }
 
 /// Publishes every commit event after the cursor, then live ones, forever. Runs on the
@@ -87,14 +108,20 @@ pub async fn publish_events(
     stats: Arc<PublishStats>,
 ) {
     loop {
-        // No cursor: after this lake's newest event in the stream, or every event since the
-        // catalog began (subscribers can replay it all).
-        let after = match read_cursor(&cursor, hub.lake_id()) {
-            Some(pos) => pos,
-            None => newest_in_stream(&js, hub.lake_id())
-                .await
-                .unwrap_or((0, usize::MAX)),
+        // After the cursor, or after this lake's newest event in the stream if that is later
+        // (another node published meanwhile, or the cursor was lost); with neither, every
+        // event since the catalog began (subscribers can replay it all).
+        let newest = match newest_in_stream(&js, hub.lake_id()).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the events stream; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
         };
+        let after = read_cursor(&cursor, hub.lake_id())
+            .max(newest)
+            .unwrap_or((0, usize::MAX));
         let mut events = Box::pin(hub.subscribe(Some(after)));
         while let Some(event) = events.next().await {
             let event = match event {
@@ -149,6 +176,19 @@ async fn publish_one(
             return;
         }
     };
+    // An event over the server's payload limit (a commit of thousands of files) can never be
+    // published: say so once and go on, rather than block every later event behind it.
+    let max_payload = js.client().server_info().max_payload;
+    if max_payload > 0 && payload.len() + 1024 > max_payload {
+        stats.events_too_large.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            id = %event.id,
+            bytes = payload.len(),
+            max_payload,
+            "a commit event is larger than the NATS server's max_payload and is not published; raise max_payload (SSE and webhooks still carry it)"
+        );
+        return;
+    }
     let mut attempt = 0;
     loop {
         let mut h = HeaderMap::new();
@@ -179,7 +219,7 @@ async fn publish_one(
 /// Publishes rejected batches to `{prefix}.rejects.{tenant}.{table}` (stream
 /// `ALLUVIUM_REJECTS`), with a few retries each.
 pub async fn publish_rejects(
-    mut rx: mpsc::Receiver<Reject>,
+    mut rx: super::RejectQueue,
     js: jetstream::Context,
     subjects: Subjects,
     stats: Arc<PublishStats>,

@@ -194,7 +194,7 @@ async fn handle(
 ) {
     stats.messages.fetch_add(1, Ordering::Relaxed);
     let size = msg.payload.len() as u64;
-    let result = ingest_message(node, subjects, config, &msg, None).await;
+    let result = ingest_message(node, subjects, config, &msg, None, false).await;
     let (status, code, body) = match &result {
         Ok(ack) => {
             stats
@@ -219,8 +219,17 @@ async fn handle(
     reply(client, stats, msg.reply, status, code, body).await;
 }
 
+/// The value of header `name`, its name matched without regard to case (as HTTP does).
 fn header<'a>(msg: &'a async_nats::Message, name: &str) -> Option<&'a str> {
-    msg.headers.as_ref()?.get(name).map(|v| v.as_str())
+    let headers = msg.headers.as_ref()?;
+    if let Some(v) = headers.get(name) {
+        return Some(v.as_str());
+    }
+    headers
+        .iter()
+        .find(|(n, _)| AsRef::<str>::as_ref(*n).eq_ignore_ascii_case(name))
+        .and_then(|(_, values)| values.first())
+        .map(|v| v.as_str())
 }
 
 fn bad_request(code: &'static str, detail: String) -> Problem {
@@ -228,12 +237,16 @@ fn bad_request(code: &'static str, detail: String) -> Problem {
 }
 
 /// Handles one message: everything a reply needs, as the acknowledgement or the problem.
+/// `fallback_key` is the key of a message without one (JetStream mode: its stream sequence);
+/// `jetstream` marks a message of the ingest stream, which is answered only once durable in
+/// the WAL whatever it asks for.
 pub async fn ingest_message(
     node: &Node,
     subjects: &Subjects,
     config: &NatsIngestConfig,
     msg: &async_nats::Message,
     fallback_key: Option<String>,
+    jetstream: bool,
 ) -> Result<IngestAck, Problem> {
     let subject = msg.subject.as_str();
     let Some((tenant, table)) = subjects.parse_ingest(subject) else {
@@ -277,6 +290,9 @@ pub async fn ingest_message(
         None => fallback_key,
     };
     let durability = match header(msg, headers::DURABILITY).map(str::trim) {
+        // The stream already acknowledged the producer: acking it before the fsync could
+        // lose what JetStream held.
+        _ if jetstream => Durability::Wal,
         None | Some("") => config.default_durability,
         Some("wal") => Durability::Wal,
         Some("received") => Durability::Received,
@@ -328,6 +344,8 @@ pub async fn ingest_message(
         idempotency_key,
         source: if header(msg, headers::REPLAY).is_some() {
             Source::Replay
+        } else if jetstream {
+            Source::JetStream
         } else {
             Source::Nats
         },
@@ -368,7 +386,8 @@ pub async fn jetstream_consumer(
 
 /// Consumes `ALLUVIUM_INGEST` until the client closes, many messages at once.
 pub async fn serve_jetstream(
-    consumer: consumer::PullConsumer,
+    js: jetstream::Context,
+    mut consumer: consumer::PullConsumer,
     node: Node,
     subjects: Subjects,
     config: NatsIngestConfig,
@@ -382,6 +401,11 @@ pub async fn serve_jetstream(
             Err(e) => {
                 tracing::warn!(error = %e, "cannot pull from the ingest stream; retrying");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                // The consumer may have been deleted: create it again.
+                let (_, _, config, _) = &*ctx;
+                if let Ok(c) = jetstream_consumer(&js, config).await {
+                    consumer = c;
+                }
                 continue;
             }
         };
@@ -414,8 +438,12 @@ async fn handle_jetstream(
     msg: jetstream::Message,
 ) {
     stats.messages.fetch_add(1, Ordering::Relaxed);
-    let key = msg.info().ok().map(|i| format!("js-{}", i.stream_sequence));
-    let ack = match ingest_message(node, subjects, config, &msg.message, key).await {
+    // A producer's key cannot hold a control character, so this one cannot collide with one.
+    let key = msg
+        .info()
+        .ok()
+        .map(|i| format!("\u{1f}js:{}", i.stream_sequence));
+    let ack = match ingest_message(node, subjects, config, &msg.message, key, true).await {
         Ok(ack) => {
             stats
                 .events
@@ -438,7 +466,10 @@ async fn handle_jetstream(
                 tracing::error!(code = p.code, detail = %p.detail, "JetStream ingest failed");
                 AckKind::Nak(Some(std::time::Duration::from_secs(1)))
             } else {
-                // Refused for good (and on the rejects stream): never redeliver.
+                // Refused for good: never redeliver. JetStream acknowledged it to the
+                // producer, so it goes to the rejects stream whatever the reason (a batch
+                // refused for an expired credential can be replayed with a valid one).
+                reject_stream_message(node, subjects, &msg.message, &p);
                 AckKind::Term
             }
         }
@@ -448,6 +479,37 @@ async fn handle_jetstream(
         stats.reply_failures.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(error = %e, "cannot acknowledge an ingest stream message");
     }
+}
+
+fn reject_stream_message(
+    node: &Node,
+    subjects: &Subjects,
+    msg: &async_nats::Message,
+    problem: &Problem,
+) {
+    let Some((tenant, table)) = subjects.parse_ingest(msg.subject.as_str()) else {
+        tracing::warn!(subject = %headers::sanitize(msg.subject.as_str()), code = problem.code, "an ingest stream message with an invalid subject was dropped");
+        return;
+    };
+    let key = header(msg, headers::IDEMPOTENCY_KEY)
+        .or_else(|| header(msg, headers::NATS_MSG_ID))
+        .filter(|k| headers::idempotency_key(k).is_ok());
+    let request = IngestRequest {
+        table: table.to_string(),
+        body: msg.payload.clone(),
+        format: detect_format(&msg.payload),
+        durability: Durability::Wal,
+        idempotency_key: key.map(str::to_string),
+        source: Source::JetStream,
+    };
+    node.publish_reject(
+        tenant,
+        table,
+        &request,
+        problem.status,
+        problem.code,
+        &problem.detail,
+    );
 }
 
 /// The framing of a payload without a content type: a JSON array, or one JSON object (also
