@@ -28,7 +28,7 @@ use actix::{
 };
 use tokio::sync::oneshot;
 
-use super::dedupe::{Dedupe, IdempotencyKey, Seen, SharedDedupe, SnapshotWrite};
+use super::dedupe::{Dedupe, IdempotencyKey, Seen, SharedDedupe};
 use super::messages::{Append, Durability, Durable};
 use super::{Wal, WalError, WalRecord};
 use crate::catalog::CatalogActor;
@@ -99,6 +99,8 @@ pub struct WalActor {
     /// Committed positions waiting for the log to be free.
     checkpoint_due: Option<HashMap<TableRef, Seq>>,
     dedupe: SharedDedupe,
+    /// An idempotency snapshot is being written (checkpoints wait for it).
+    snapshotting: bool,
     in_flight: InFlight,
     memtable: Recipient<Insert>,
     catalog: Addr<CatalogActor>,
@@ -114,23 +116,10 @@ impl std::fmt::Debug for WalActor {
     }
 }
 
-/// Deletes committed segments, after saving the idempotency keys they carry; a failure is
-/// logged and retried at the next checkpoint (the segments stay, nothing is lost). Returns the
-/// positions the saved key snapshot covers, if one was written.
-fn run_checkpoint(
-    wal: &mut Wal,
-    committed: &HashMap<TableRef, Seq>,
-    keys: Option<SnapshotWrite>,
-    stats: &WalStats,
-) -> Option<HashMap<TableRef, Seq>> {
-    let mut saved = None;
-    if let Some(keys) = keys {
-        if let Err(e) = keys.write() {
-            tracing::warn!(error = %e, "idempotency snapshot failed; wal segments kept");
-            return None;
-        }
-        saved = Some(keys.covers);
-    }
+/// Deletes committed segments (whose idempotency keys are already in the snapshot on disk);
+/// a failure is logged and retried at the next checkpoint (the segments stay, nothing is
+/// lost).
+fn run_checkpoint(wal: &mut Wal, committed: &HashMap<TableRef, Seq>, stats: &WalStats) {
     match wal.checkpoint(committed) {
         Ok(0) => {}
         Ok(n) => {
@@ -141,7 +130,6 @@ fn run_checkpoint(
         }
         Err(e) => tracing::warn!(error = %e, "wal checkpoint failed"),
     }
-    saved
 }
 
 impl WalActor {
@@ -165,6 +153,7 @@ impl WalActor {
             waiters: Vec::new(),
             checkpoint_due: None,
             dedupe,
+            snapshotting: false,
             in_flight: HashMap::new(),
             memtable,
             catalog,
@@ -245,25 +234,26 @@ impl WalActor {
         };
         let records = std::mem::take(&mut self.pending);
         let waiters = std::mem::take(&mut self.waiters);
-        let due = self.checkpoint_due.take();
-        let keys = due
-            .as_ref()
-            .and_then(|c| read_dedupe(&self.dedupe).snapshot_for(c));
+        let due = self
+            .checkpoint_due
+            .take()
+            .and_then(|c| self.ready_to_checkpoint(c, ctx));
         let keyed: Vec<KeyOf> = records.iter().map(key_of).collect();
         let stats = self.stats.clone();
         let span = tracing::info_span!("wal_commit", records = records.len());
         let write = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
-            let saved =
-                due.and_then(|committed| run_checkpoint(&mut wal, &committed, keys, &stats));
+            if let Some(committed) = due {
+                run_checkpoint(&mut wal, &committed, &stats);
+            }
             let res = wal.append(&records);
-            (wal, records, res, saved)
+            (wal, records, res)
         });
         ctx.spawn(
             write
                 .into_actor(self)
                 .then(move |joined, act, _ctx| {
-                    let (wal, records, res, saved) = match joined {
+                    let (wal, records, res) = match joined {
                         Ok(done) => done,
                         Err(e) => {
                             // The writer thread panicked: the log's state is unknown.
@@ -277,9 +267,6 @@ impl WalActor {
                             return actix::fut::ready(()).boxed_local();
                         }
                     };
-                    if let Some(covers) = saved {
-                        write_dedupe(&act.dedupe).saved(covers);
-                    }
                     if let Err(e) = res {
                         act.settle_keys(&keyed, Err(&e));
                         let poisoned = wal.is_poisoned();
@@ -350,30 +337,68 @@ impl WalActor {
 
     /// Deletes committed segments now, with the log idle.
     fn start_checkpoint(&mut self, committed: HashMap<TableRef, Seq>, ctx: &mut Context<Self>) {
-        let Some(mut wal) = self.wal.take() else {
+        if self.wal.is_none() {
             self.checkpoint_due = Some(committed);
+            return;
+        }
+        let Some(committed) = self.ready_to_checkpoint(committed, ctx) else {
+            return;
+        };
+        let Some(mut wal) = self.wal.take() else {
             return;
         };
         let stats = self.stats.clone();
-        let keys = read_dedupe(&self.dedupe).snapshot_for(&committed);
         let run = tokio::task::spawn_blocking(move || {
-            let saved = run_checkpoint(&mut wal, &committed, keys, &stats);
-            (wal, saved)
+            run_checkpoint(&mut wal, &committed, &stats);
+            wal
         });
         ctx.spawn(run.into_actor(self).map(|joined, act, ctx| {
             match joined {
-                Ok((wal, saved)) => {
-                    act.wal = Some(wal);
-                    if let Some(covers) = saved {
-                        write_dedupe(&act.dedupe).saved(covers);
-                    }
-                }
+                Ok(wal) => act.wal = Some(wal),
                 Err(e) => act.poison(WalError::Poisoned {
                     cause: format!("wal checkpoint panicked: {e}"),
                 }),
             }
             act.start_commit(ctx);
         }));
+    }
+
+    /// `committed` if segments up to it may be deleted now: the snapshot on disk holds every
+    /// idempotency key of events up to it. Otherwise the snapshot is written first, off the
+    /// append path, and the checkpoint comes once it is on disk. Called with the log in hand,
+    /// so every durable batch's key has been recorded.
+    fn ready_to_checkpoint(
+        &mut self,
+        committed: HashMap<TableRef, Seq>,
+        ctx: &mut Context<Self>,
+    ) -> Option<HashMap<TableRef, Seq>> {
+        let snapshot = read_dedupe(&self.dedupe).snapshot_for(&committed);
+        let Some(snapshot) = snapshot else {
+            return Some(committed);
+        };
+        if self.snapshotting {
+            // The next timer tick brings the positions again.
+            return None;
+        }
+        self.snapshotting = true;
+        let write = tokio::task::spawn_blocking(move || snapshot.write().map(|()| snapshot.covers));
+        ctx.spawn(write.into_actor(self).map(|res, act, ctx| {
+            act.snapshotting = false;
+            match res {
+                Ok(Ok(covers)) => {
+                    write_dedupe(&act.dedupe).saved(covers.clone());
+                    act.checkpoint_due = Some(covers);
+                    if act.wal.is_some() && act.pending.is_empty() {
+                        act.start_commit(ctx);
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "idempotency snapshot failed; wal segments kept")
+                }
+                Err(e) => tracing::warn!(error = %e, "idempotency snapshot panicked"),
+            }
+        }));
+        None
     }
 
     /// Fetches the catalog's committed positions and schedules a checkpoint with them.
