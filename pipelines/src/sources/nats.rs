@@ -8,16 +8,17 @@
 //! subject. Replies carry `Alluvium-Status` (the HTTP status) and, for errors, `Alluvium-Code`.
 //! `Idempotency-Key` or `Nats-Msg-Id` makes a retry answer with the first batch's sequences.
 //!
-//! Many messages are in flight at once (bounded), so their WAL writes share group commits.
+//! Many messages are in flight at once, so their WAL writes share group commits; at the limit,
+//! requests are answered 503 with `Retry-After` at once instead of queueing.
 //!
 //! **JetStream mode** ([`serve_jetstream`]): producers publish to the `ALLUVIUM_INGEST` stream
 //! (their publish is acknowledged by JetStream once the stream has it), and a durable pull
 //! consumer hands the messages to the same core. A message is acknowledged only after its
 //! events are durable in the WAL; a redelivered message (a crash between the WAL and the ack)
-//! carries the same key (`Nats-Msg-Id`, or `js-{stream sequence}` without one) and is not
-//! stored twice. A batch that fails validation is terminated (never redelivered) and goes to
-//! the rejects stream; an overloaded or unavailable node asks for redelivery later, which slows
-//! the pulls down.
+//! carries the same key (`Nats-Msg-Id`, or one made of its stream sequence) and is not stored
+//! twice. The WAL durability is always waited for. A message refused for good (any 4xx) is
+//! terminated, never redelivered, and goes to the rejects stream; an overloaded or unavailable
+//! node asks for redelivery later, which slows the pulls down.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,7 +44,8 @@ use crate::{Node, PipelineError};
 pub struct NatsIngestConfig {
     /// Queue group shared by every ingest node, so each message is handled once.
     pub queue_group: String,
-    /// Messages handled at once; more wait in the subscription's buffer.
+    /// Messages handled at once: beyond, core requests are answered 503, and JetStream
+    /// delivers no more (its `max_ack_pending`).
     pub max_in_flight: usize,
     /// Durability when the message does not ask (`Alluvium-Durability`).
     pub default_durability: Durability,
