@@ -80,3 +80,44 @@ impl RejectSink {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn reject(payload_len: usize) -> Reject {
+        Reject {
+            tenant: "t".into(),
+            table: "x".into(),
+            code: "type_mismatch".into(),
+            status: 400,
+            reason: "r".into(),
+            rejected_at: "now".into(),
+            source: "nats".into(),
+            idempotency_key: None,
+            format: "json".into(),
+            payload: "p".repeat(payload_len),
+            payload_encoding: "utf8".into(),
+            payload_bytes: payload_len,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_count_and_bytes() {
+        let (sink, mut queue) = RejectSink::new(3, 100);
+        sink.send(reject(60));
+        sink.send(reject(60)); // 120 bytes queued would pass the byte bound: dropped
+        sink.send(reject(30));
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(queue.recv().await.unwrap().payload.len(), 60);
+        // Room again once one is taken.
+        sink.send(reject(60));
+        assert_eq!(queue.recv().await.unwrap().payload.len(), 30);
+        assert_eq!(queue.recv().await.unwrap().payload.len(), 60);
+        for _ in 0..4 {
+            sink.send(reject(1));
+        }
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), 2, "count bound");
+    }
+}
