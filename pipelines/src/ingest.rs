@@ -14,6 +14,7 @@ use alluvium_actors::schema::messages::{
 };
 use alluvium_actors::schema::translate::BodyFormat;
 use alluvium_actors::schema::{FieldType, TableSchema};
+use alluvium_actors::wal::actor::answer_retry;
 use alluvium_actors::wal::dedupe::{IdempotencyKey, body_hash};
 use alluvium_actors::wal::messages::{Append, Durability, Durable};
 use bytes::Bytes;
@@ -154,19 +155,10 @@ impl Node {
         });
         // A retry of a stored batch is answered at once, before validation (which the schema
         // might not pass any more). The WAL checks again, atomically, at append time.
-        if let Some(key) = &key {
-            let now = chrono::Utc::now().timestamp_micros();
-            let seen = self
-                .dedupe
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .check(&table, key, now)?;
-            if let Some(seen) = seen {
-                self.wal_stats
-                    .duplicates
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Ok(IngestAck::from_durable(seen.durable(), request.durability));
-            }
+        if let Some(key) = &key
+            && let Some(durable) = answer_retry(&self.dedupe, &self.wal_stats, &table, key)?
+        {
+            return Ok(IngestAck::from_durable(durable, request.durability));
         }
         self.check_budget()?;
         let validated = match self

@@ -25,7 +25,7 @@ use alluvium_actors::schema::actor::SchemaActor;
 use alluvium_actors::schema::translate::BatchLimits;
 use alluvium_actors::storage::Storage;
 use alluvium_actors::wal::actor::{WalActor, WalStats};
-use alluvium_actors::wal::dedupe::{Seen, SharedDedupe};
+use alluvium_actors::wal::dedupe::{Seen, SharedDedupe, now_us};
 use alluvium_actors::wal::{Dedupe, DedupeConfig, Wal, WalConfig, WalError};
 
 use crate::PipelineError;
@@ -146,7 +146,7 @@ impl Node {
         let mut dedupe = Dedupe::open(
             config.data_dir.join("idempotency.json"),
             config.dedupe,
-            chrono_now_us(),
+            now_us(),
         )?;
         let (wal, next_seq) = recover(&state, wal_config, &mut memtables, &mut dedupe)?;
         let dedupe: SharedDedupe = Arc::new(std::sync::RwLock::new(dedupe));
@@ -259,7 +259,7 @@ fn recover(
     memtables: &mut MemtableActor,
     dedupe: &mut Dedupe,
 ) -> Result<(Wal, HashMap<TableRef, Seq>), PipelineError> {
-    let now = chrono_now_us();
+    let now = now_us();
     let mut last: HashMap<TableRef, Seq> = state.committed_seqs();
     let (mut replayed, mut skipped) = (0u64, 0u64);
     let dir = wal_config.dir.clone();
@@ -329,8 +329,4 @@ fn recover(
     );
     let next = last.into_iter().map(|(t, s)| (t, s + 1)).collect();
     Ok((wal, next))
-}
-
-fn chrono_now_us() -> i64 {
-    chrono::Utc::now().timestamp_micros()
 }

@@ -65,9 +65,7 @@ impl Waiter {
     }
 }
 
-fn now_us() -> i64 {
-    chrono::Utc::now().timestamp_micros()
-}
+use super::dedupe::now_us;
 
 /// Counters of the log's work, shared with the metrics endpoint.
 #[derive(Debug, Default)]
@@ -558,15 +556,25 @@ fn key_of(record: &WalRecord) -> KeyOf {
 }
 
 impl WalActor {
-    /// The answer for a key already durable within the window, or the refusal of a key
-    /// reused for another body.
     fn known(&self, table: &TableRef, key: &IdempotencyKey) -> Result<Option<Durable>, WalError> {
-        let seen = read_dedupe(&self.dedupe).check(table, key, now_us())?;
-        Ok(seen.map(|seen| {
-            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-            seen.durable()
-        }))
+        answer_retry(&self.dedupe, &self.stats, table, key)
     }
+}
+
+/// The answer for a retry: the first batch's sequences if `key` is durable within the window
+/// (counted as a duplicate), or the refusal of a key reused for another body. The ingest path
+/// asks before validating; the actor asks again, atomically, when the batch is appended.
+pub fn answer_retry(
+    dedupe: &SharedDedupe,
+    stats: &WalStats,
+    table: &TableRef,
+    key: &IdempotencyKey,
+) -> Result<Option<Durable>, WalError> {
+    let seen = read_dedupe(dedupe).check(table, key, now_us())?;
+    Ok(seen.map(|seen| {
+        stats.duplicates.fetch_add(1, Ordering::Relaxed);
+        seen.durable()
+    }))
 }
 
 /// The index for reading (a panic while it was held cannot leave it half-changed: every

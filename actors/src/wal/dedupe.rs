@@ -24,6 +24,11 @@ use super::messages::Durable;
 use super::{WalError, io_err};
 use crate::ids::{Seq, TableRef};
 
+/// Now, in microseconds since the epoch (the clock of ingestion times and windows).
+pub fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
 /// Settings of the idempotency index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DedupeConfig {

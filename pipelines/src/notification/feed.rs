@@ -85,6 +85,9 @@ pub struct EventHub {
     head: Arc<AtomicU64>,
 }
 
+/// How often the log is read without a notice (for commits of other processes).
+const LOG_POLL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Events a subscriber may fall behind by before it re-reads the log.
 const BROADCAST_BACKLOG: usize = 4096;
 
@@ -109,9 +112,9 @@ impl EventHub {
         actix::spawn(async move {
             let mut feed = None;
             loop {
-                // A notice, a lag, or a quiet second: read whatever the log has now.
-                let woke =
-                    tokio::time::timeout(std::time::Duration::from_secs(1), notices.recv()).await;
+                // A notice (or a lag) of this process's commits, or now and then a look for
+                // commits made elsewhere: read whatever the log has now.
+                let woke = tokio::time::timeout(LOG_POLL, notices.recv()).await;
                 if let Ok(Err(broadcast::error::RecvError::Closed)) = woke {
                     return;
                 }

@@ -20,6 +20,22 @@ use tokio::sync::mpsc;
 
 pub use feed::{EventFeed, EventHub, EventPos};
 
+/// Replaces the file at `path` with `contents`, durably: a temporary file, fsync, rename,
+/// fsync of the directory (the sinks' cursors).
+pub(crate) fn replace_file(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_data()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Where the ingest stage hands rejected batches; bounded in count and in bytes, and never
 /// blocks ingest: when full, rejects are counted as dropped.
 #[derive(Debug, Clone)]

@@ -51,12 +51,7 @@ pub fn read_cursor(path: &Path, lake_id: &str) -> Option<EventPos> {
 }
 
 fn write_cursor(path: &Path, lake_id: &str, id: &str) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{lake_id} {id}\n").as_bytes())?;
-    std::fs::rename(&tmp, path)
+    super::replace_file(path, format!("{lake_id} {id}\n").as_bytes())
 }
 
 /// Messages looked at, newest first, for this lake's newest event.

@@ -255,18 +255,9 @@ pub fn read_cursor(path: &Path) -> Result<Option<EventPos>, String> {
     }
 }
 
-/// Replaces the cursor with `id`, durably (write, fsync, rename, fsync the directory).
+/// Replaces the cursor with `id`, durably.
 pub fn write_cursor(path: &Path, id: &str) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("cursor.tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(id.as_bytes())?;
-        f.sync_data()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    super::replace_file(path, id.as_bytes())
 }
 
 /// One line of the dead-letter log.
