@@ -3,71 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::mpsc;
 use std::time::Duration;
 
+use common::http_sink::http_sink;
 use common::*;
 use serde_json::json;
-
-/// One request received by the collector: path, content type, body.
-type Received = (String, String, Vec<u8>);
-
-/// A minimal OTLP/HTTP collector: answers every POST with 200 and reports what it got.
-fn collector() -> (String, mpsc::Receiver<Received>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { return };
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut writer = conn;
-                loop {
-                    let mut request_line = String::new();
-                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let path = request_line
-                        .split_whitespace()
-                        .nth(1)
-                        .unwrap_or("")
-                        .to_string();
-                    let (mut len, mut ctype) = (0usize, String::new());
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let line = line.trim_end();
-                        if line.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = line.split_once(':') {
-                            match k.trim().to_ascii_lowercase().as_str() {
-                                "content-length" => len = v.trim().parse().unwrap_or(0),
-                                "content-type" => ctype = v.trim().to_string(),
-                                _ => {}
-                            }
-                        }
-                    }
-                    let mut body = vec![0; len];
-                    if reader.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    let _ = tx.send((path, ctype, body));
-                    let _ = writer.write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
-                    );
-                }
-            });
-        }
-    });
-    (url, rx)
-}
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
@@ -77,7 +17,8 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 
 #[test]
 fn spans_are_exported_over_otlp_http() {
-    let (url, rx) = collector();
+    // A minimal OTLP/HTTP collector: answers every POST with 200.
+    let (url, log) = http_sink("/v1/traces", |_| 200);
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(
         dir.path(),
@@ -102,12 +43,16 @@ fn spans_are_exported_over_otlp_http() {
 
     // Exports come in batches: gather until the service name and every span kind were seen.
     let mut all = Vec::new();
+    let mut seen = 0;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while std::time::Instant::now() < deadline {
-        if let Ok((path, ctype, body)) = rx.recv_timeout(Duration::from_millis(200)) {
-            assert_eq!(path, "/v1/traces");
-            assert_eq!(ctype, "application/x-protobuf");
-            all.extend(body);
+        std::thread::sleep(Duration::from_millis(200));
+        let got = log.lock().unwrap()[seen..].to_vec();
+        seen += got.len();
+        for r in got {
+            assert_eq!(r.path, "/v1/traces");
+            assert_eq!(r.header("content-type"), "application/x-protobuf");
+            all.extend(r.body);
         }
         if ["alluvium-test", "http", "wal_commit", "flush"]
             .iter()

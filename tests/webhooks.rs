@@ -6,14 +6,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::http_sink::{Log, Received, http_sink};
 use common::*;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -22,108 +20,15 @@ use sha2::Sha256;
 const SECRET: &str = "whsec-0123456789abcdef";
 const WAIT: Duration = Duration::from_secs(30);
 
-/// One request the receiver got.
-#[derive(Debug, Clone)]
-struct Received {
-    method: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    /// The status it was answered with.
-    status: u16,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-
-    fn id(&self) -> String {
-        self.json()["id"].as_str().unwrap().to_string()
-    }
-}
-
-type Log = Arc<Mutex<Vec<Received>>>;
-
 /// A webhook endpoint on 127.0.0.1: answers 500 to the first request and 200 to every later
 /// one, and records them all.
 fn receiver() -> (String, Log) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let log: Log = Default::default();
-    let served = Arc::new(AtomicUsize::new(0));
-    let out = log.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { return };
-            let (log, served) = (log.clone(), served.clone());
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut writer = conn;
-                // Keep-alive: requests one after another on the connection.
-                loop {
-                    let mut request_line = String::new();
-                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let method = request_line
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or("")
-                        .to_string();
-                    let mut headers = Vec::new();
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let line = line.trim_end();
-                        if line.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = line.split_once(':') {
-                            headers.push((k.trim().to_string(), v.trim().to_string()));
-                        }
-                    }
-                    let len = headers
-                        .iter()
-                        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                        .map_or(0, |(_, v)| v.parse().unwrap());
-                    let mut body = vec![0; len];
-                    if reader.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    let status = if served.fetch_add(1, Ordering::SeqCst) == 0 {
-                        500
-                    } else {
-                        200
-                    };
-                    log.lock().unwrap().push(Received {
-                        method,
-                        headers,
-                        body,
-                        status,
-                    });
-                    let answer = if status == 500 {
-                        "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 4\r\n\r\noops"
-                    } else {
-                        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
-                    };
-                    if writer.write_all(answer.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (url, out)
+    http_sink("/hook", |n| if n == 0 { 500 } else { 200 })
+}
+
+/// The id of the event a request carried.
+fn id(r: &Received) -> String {
+    r.json()["id"].as_str().unwrap().to_string()
 }
 
 /// A URL where nothing listens.
@@ -273,13 +178,13 @@ timeout = "2s"
     let kinds: Vec<&str> = bodies.iter().map(|b| b["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["flushed", "flushed", "flushed", "compacted"]);
     assert_eq!(got[0].body, got[1].body, "a retry sends the same event");
-    assert_eq!(version_of(&got[1].id()), f1);
-    assert_eq!(version_of(&got[2].id()), f2);
-    assert!(version_of(&got[3].id()) > f2);
+    assert_eq!(version_of(&id(&got[1])), f1);
+    assert_eq!(version_of(&id(&got[2])), f2);
+    assert!(version_of(&id(&got[3])) > f2);
     for r in &got {
         assert_eq!(r.method, "POST");
         assert_eq!(r.header("Content-Type"), "application/json");
-        assert_eq!(r.header("Alluvium-Event-Id"), r.id());
+        assert_eq!(r.header("Alluvium-Event-Id"), id(r));
         assert_signed(r);
         let body = r.json();
         assert_eq!(
@@ -287,7 +192,7 @@ timeout = "2s"
             (Some("default"), Some("t"))
         );
     }
-    let compacted_id = got[3].id();
+    let compacted_id = id(&got[3]);
     // The cursor is past the last delivered event.
     wait_for(WAIT, || {
         (std::fs::read_to_string(&hook_cursor).ok()? == compacted_id).then_some(())
@@ -310,7 +215,7 @@ timeout = "2s"
         (got.len() >= 5).then_some(got)
     })
     .unwrap_or_else(|| panic!("the hook got {:?}", received(&log)));
-    assert_eq!(version_of(&got[4].id()), f3, "{:?}", got[4].json());
+    assert_eq!(version_of(&id(&got[4])), f3, "{:?}", got[4].json());
     assert_eq!(got[4].json()["kind"], "flushed");
     assert_signed(&got[4]);
 
@@ -367,7 +272,7 @@ timeout = "2s"
         ],
         "dead letters (crash after {before_crash}): {letters:?}"
     );
-    assert_eq!(seen[6].0, got[4].id());
+    assert_eq!(seen[6].0, id(&got[4]));
 
     // Nothing more reached the hook meanwhile.
     assert_eq!(received(&log).len(), 5, "{:?}", received(&log));

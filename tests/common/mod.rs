@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod http_sink;
 pub mod nats;
 
 /// The admin key every test server is bootstrapped with.
