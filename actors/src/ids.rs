@@ -128,6 +128,26 @@ impl fmt::Display for TableRef {
 /// A per-table event sequence number: the event's MVCC version. Sequences start at 1.
 pub type Seq = u64;
 
+/// Bits of a cluster-mode sequence that hold the event's index within its batch: in cluster
+/// mode an event's sequence is `stream_seq << STREAM_SEQ_SHIFT | index`, where `stream_seq` is
+/// the `ALLUVIUM_INGEST` stream sequence of the message that carried its batch. Sequences stay
+/// unique and ordered like the stream, and a batch holds at most `1 << STREAM_SEQ_SHIFT`
+/// events (the default `max_batch_rows`, one million, fits).
+pub const STREAM_SEQ_SHIFT: u32 = 20;
+
+/// The most events one batch may hold in cluster mode.
+pub const MAX_CLUSTER_BATCH_ROWS: usize = 1 << STREAM_SEQ_SHIFT;
+
+/// The sequence of the `index`-th event of the batch carried by stream message `stream_seq`.
+pub fn cluster_seq(stream_seq: u64, index: u64) -> Seq {
+    (stream_seq << STREAM_SEQ_SHIFT) | (index & (MAX_CLUSTER_BATCH_ROWS as u64 - 1))
+}
+
+/// The stream sequence of the message that carried the event with cluster sequence `seq`.
+pub fn stream_seq_of(seq: Seq) -> u64 {
+    seq >> STREAM_SEQ_SHIFT
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -151,6 +171,17 @@ mod tests {
         }
         assert!(TenantId::new("x".repeat(65)).is_err());
         assert!(TableName::new("x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn cluster_sequences_order_like_the_stream() {
+        assert_eq!(stream_seq_of(cluster_seq(7, 0)), 7);
+        assert_eq!(
+            stream_seq_of(cluster_seq(7, MAX_CLUSTER_BATCH_ROWS as u64 - 1)),
+            7
+        );
+        assert!(cluster_seq(7, MAX_CLUSTER_BATCH_ROWS as u64 - 1) < cluster_seq(8, 0));
+        assert!(cluster_seq(1, 0) > 0, "sequences start above 0");
     }
 
     #[test]

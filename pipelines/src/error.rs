@@ -160,9 +160,11 @@ impl PipelineError {
                 WalError::IdempotencyKeyReused { .. } => (409, "idempotency_key_reused"),
                 _ => (503, "wal_unavailable"),
             },
+            P::Flush(FlushError::Fenced(_)) => (503, "not_shard_owner"),
             P::Flush(_) => (503, "flush_failed"),
             P::Compaction(e) => match e {
                 CompactionError::Busy(_) => (409, "compaction_running"),
+                CompactionError::NotOwner(_) => (503, "not_shard_owner"),
                 CompactionError::TableNotFound(_) => (404, "table_not_found"),
                 _ => (503, "compaction_failed"),
             },

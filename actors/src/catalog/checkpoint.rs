@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::CatalogError;
 use super::log::{load_between, parse_version};
-use super::state::{CatalogState, DataFile, RemovedFile, TableEntry};
+use super::state::{CatalogState, DataFile, RemovedFile, ShardState, TableEntry};
 use crate::ids::{Seq, TableRef};
 use crate::schema::TableSchema;
 use crate::storage::Storage;
@@ -49,6 +49,12 @@ struct CheckpointTable {
     removed: Vec<RemovedFile>,
     #[serde(default)]
     readable_from: u64,
+    #[serde(default, skip_serializing_if = "is_default_shard")]
+    shard: ShardState,
+}
+
+fn is_default_shard(s: &ShardState) -> bool {
+    *s == ShardState::default()
 }
 
 /// Object path of the checkpoint at `version`.
@@ -75,6 +81,7 @@ fn encode(state: &CatalogState) -> Result<Vec<u8>, CatalogError> {
                 created_in: e.created_in,
                 removed: e.removed.clone(),
                 readable_from: e.readable_from,
+                shard: e.shard.clone(),
             })
             .collect(),
     };
@@ -106,6 +113,7 @@ fn decode(bytes: &[u8]) -> Result<CatalogState, String> {
             created_in: t.created_in,
             removed: t.removed,
             readable_from: t.readable_from.max(t.created_in),
+            shard: t.shard,
         };
         if tables.insert(t.table.clone(), Arc::new(entry)).is_some() {
             return Err(format!("table {} appears twice", t.table));

@@ -8,6 +8,7 @@
 
 pub mod actor;
 pub mod checkpoint;
+pub mod fence;
 pub mod lake;
 pub mod log;
 pub mod messages;
@@ -15,8 +16,9 @@ pub mod pins;
 pub mod state;
 
 pub use actor::CatalogActor;
+pub use fence::{Fences, NotOwner};
 pub use pins::{Pin, Pins};
-pub use state::{Action, CatalogState, DataFile, IndexRef, RemovedFile, TableEntry};
+pub use state::{Action, CatalogState, DataFile, IndexRef, RemovedFile, ShardState, TableEntry};
 
 use crate::storage::StorageError;
 
@@ -61,6 +63,21 @@ pub enum CatalogError {
     /// A commit conflicts with the current state.
     #[error("catalog conflict: {0}")]
     Conflict(String),
+    /// A cluster-mode commit from a processing node whose claim on the table's shard is no
+    /// longer the newest: another node took the shard over (fencing).
+    #[error(
+        "table {table}: commit of shard owner epoch {epoch} refused, the shard is now owned by {owner} at epoch {current}"
+    )]
+    Fenced {
+        /// The table.
+        table: String,
+        /// The epoch the commit carried.
+        epoch: u64,
+        /// The shard's current epoch.
+        current: u64,
+        /// The node holding the current epoch.
+        owner: String,
+    },
     /// A commit could not be serialized.
     #[error("cannot encode a catalog commit: {0}")]
     Encode(String),

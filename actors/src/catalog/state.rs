@@ -150,6 +150,39 @@ pub enum Action {
         /// Paths of the deleted files (each one of the table's removed files).
         paths: Vec<String>,
     },
+    /// Cluster mode: a processing node takes over the table's shard with a higher owner epoch.
+    /// From this commit on, commits carrying an older epoch are refused, so a stale owner (one
+    /// that lost its lease without noticing) can no longer change the table.
+    ClaimShard {
+        /// The table (one shard).
+        table: TableRef,
+        /// The new epoch: above the current one.
+        epoch: u64,
+        /// The node that claims it.
+        owner: String,
+    },
+    /// Cluster mode: the commit is made by the owner of the table's shard at `epoch`; refused
+    /// unless that is the current epoch. Compactions carry it.
+    Fence {
+        /// The table.
+        table: TableRef,
+        /// The epoch the committing node holds.
+        epoch: u64,
+    },
+    /// Cluster mode: a flush by the shard owner at `epoch` commits the events of
+    /// `ALLUVIUM_INGEST` messages `first..=last` of this table; the next owner resumes after
+    /// `last`. Refused unless `epoch` is current and the range starts after the recorded
+    /// position.
+    StreamRange {
+        /// The table.
+        table: TableRef,
+        /// The epoch the committing node holds.
+        epoch: u64,
+        /// Stream sequence of the first message committed.
+        first: u64,
+        /// Stream sequence of the last message committed.
+        last: u64,
+    },
 }
 
 /// A table as the catalog knows it.
@@ -173,6 +206,41 @@ pub struct TableEntry {
     /// The oldest catalog version at which the table can still be read: older versions list
     /// files that were deleted.
     pub readable_from: u64,
+    /// Cluster mode: who owns the table's shard, and where its stream position is.
+    pub shard: ShardState,
+}
+
+/// The shard of a table in cluster mode: its owner epoch and committed stream position. All
+/// zero for a table that was never processed by a cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardState {
+    /// The newest claim's epoch (0: never claimed).
+    #[serde(default)]
+    pub epoch: u64,
+    /// The node that made it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
+    /// Highest `ALLUVIUM_INGEST` stream sequence whose events (of this table) are committed.
+    #[serde(default)]
+    pub stream_seq: u64,
+}
+
+impl ShardState {
+    fn check_epoch(&self, table: &TableRef, epoch: u64) -> Result<(), CatalogError> {
+        if epoch != self.epoch {
+            return Err(CatalogError::Fenced {
+                table: table.to_string(),
+                epoch,
+                current: self.epoch,
+                owner: if self.owner.is_empty() {
+                    "nobody".into()
+                } else {
+                    self.owner.clone()
+                },
+            });
+        }
+        Ok(())
+    }
 }
 
 impl TableEntry {
@@ -229,6 +297,7 @@ impl CatalogState {
                             created_in: version,
                             removed: Vec::new(),
                             readable_from: version,
+                            shard: ShardState::default(),
                         }),
                     );
                 }
@@ -295,6 +364,43 @@ impl CatalogState {
                         let gone = entry.removed.remove(i);
                         entry.readable_from = entry.readable_from.max(gone.removed_in);
                     }
+                }
+                Action::ClaimShard {
+                    table,
+                    epoch,
+                    owner,
+                } => {
+                    let entry = Self::entry_mut(&mut next, table)?;
+                    if *epoch <= entry.shard.epoch {
+                        return Err(CatalogError::Fenced {
+                            table: table.to_string(),
+                            epoch: *epoch,
+                            current: entry.shard.epoch,
+                            owner: entry.shard.owner.clone(),
+                        });
+                    }
+                    entry.shard.epoch = *epoch;
+                    entry.shard.owner = owner.clone();
+                }
+                Action::Fence { table, epoch } => {
+                    let entry = Self::entry_mut(&mut next, table)?;
+                    entry.shard.check_epoch(table, *epoch)?;
+                }
+                Action::StreamRange {
+                    table,
+                    epoch,
+                    first,
+                    last,
+                } => {
+                    let entry = Self::entry_mut(&mut next, table)?;
+                    entry.shard.check_epoch(table, *epoch)?;
+                    if first > last || *first <= entry.shard.stream_seq {
+                        return Err(CatalogError::Conflict(format!(
+                            "stream messages {first}..={last} of {table} overlap the committed position {}",
+                            entry.shard.stream_seq
+                        )));
+                    }
+                    entry.shard.stream_seq = *last;
                 }
             }
         }
@@ -479,6 +585,82 @@ mod tests {
         assert_eq!(**e.schema_at(1).unwrap(), schema());
         assert_eq!(**e.schema_at(2).unwrap(), v2);
         assert!(e.schema_at(0).is_none() && e.schema_at(3).is_none());
+    }
+
+    #[test]
+    fn shard_claims_fence_older_epochs() {
+        let s1 = CatalogState::default()
+            .apply(
+                1,
+                &[Action::CreateTable {
+                    table: t(),
+                    schema: schema(),
+                }],
+            )
+            .unwrap();
+        let claim = |epoch, owner: &str| Action::ClaimShard {
+            table: t(),
+            epoch,
+            owner: owner.into(),
+        };
+        let range = |epoch, first, last| Action::StreamRange {
+            table: t(),
+            epoch,
+            first,
+            last,
+        };
+        let s2 = s1.apply(2, &[claim(1, "p1")]).unwrap();
+        assert!(s2.apply(3, &[claim(1, "p2")]).is_err(), "epochs only grow");
+        let s3 = s2.apply(3, &[range(1, 5, 9)]).unwrap();
+        assert_eq!(s3.table(&t()).unwrap().shard.stream_seq, 9);
+        assert!(
+            matches!(
+                s3.apply(4, &[range(1, 9, 12)]),
+                Err(CatalogError::Conflict(_))
+            ),
+            "a range must start after the committed position"
+        );
+        let s4 = s3.apply(4, &[claim(2, "p2")]).unwrap();
+        // The old owner's flush and compaction are refused from now on, whole.
+        let stale = [
+            Action::CommittedSeq {
+                table: t(),
+                seq: 99,
+            },
+            range(1, 10, 12),
+        ];
+        let err = s4.apply(5, &stale).unwrap_err();
+        assert!(
+            matches!(&err, CatalogError::Fenced { epoch: 1, current: 2, owner, .. } if owner == "p2"),
+            "{err}"
+        );
+        assert!(matches!(
+            s4.apply(
+                5,
+                &[Action::Fence {
+                    table: t(),
+                    epoch: 1
+                }]
+            ),
+            Err(CatalogError::Fenced { .. })
+        ));
+        let s5 = s4
+            .apply(
+                5,
+                &[
+                    range(2, 10, 12),
+                    Action::Fence {
+                        table: t(),
+                        epoch: 2,
+                    },
+                ],
+            )
+            .unwrap();
+        let shard = &s5.table(&t()).unwrap().shard;
+        assert_eq!(
+            (shard.epoch, shard.owner.as_str(), shard.stream_seq),
+            (2, "p2", 12)
+        );
     }
 
     fn file(path: &str, min_seq: Seq, max_seq: Seq) -> DataFile {

@@ -17,7 +17,7 @@ use super::plan::{Job, plan};
 use super::{CompactionConfig, CompactionError};
 use crate::background::spawn_niced;
 use crate::catalog::messages::{Commit, Snapshot};
-use crate::catalog::{Action, CatalogActor, CatalogError, CatalogState, Pins};
+use crate::catalog::{Action, CatalogActor, CatalogError, CatalogState, Fences, Pins};
 use crate::ids::TableRef;
 use crate::storage::Storage;
 
@@ -55,8 +55,16 @@ impl CompactionActor {
                 permits,
                 busy: Arc::default(),
                 pass_running: Arc::default(),
+                fences: Fences::standalone(),
             },
         }
+    }
+
+    /// Compacts only the tables whose shard this (cluster) node owns, each commit carrying
+    /// the owner epoch.
+    pub fn fenced(mut self, fences: Fences) -> Self {
+        self.worker.fences = fences;
+        self
     }
 }
 
@@ -108,6 +116,8 @@ struct Worker {
     busy: Arc<Mutex<HashSet<TableRef>>>,
     /// Whether a background pass is running (a slow one is not started twice).
     pass_running: Arc<AtomicBool>,
+    /// The shard epochs held (cluster mode).
+    fences: Fences,
 }
 
 /// Marks a table busy until dropped.
@@ -137,6 +147,19 @@ impl Worker {
             .map_err(|e| CompactionError::Mailbox(e.to_string()))
     }
 
+    /// The fence a commit for `table` carries: none on a standalone node, the held epoch on
+    /// the cluster node owning the shard; other cluster nodes may not compact it.
+    fn epoch(&self, table: &TableRef) -> Result<Option<Action>, CompactionError> {
+        let epoch = self
+            .fences
+            .epoch(table)
+            .map_err(|e| CompactionError::NotOwner(e.to_string()))?;
+        Ok(epoch.map(|epoch| Action::Fence {
+            table: table.clone(),
+            epoch,
+        }))
+    }
+
     fn claim(&self, table: &TableRef) -> Result<Claim, CompactionError> {
         let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
         if !busy.insert(table.clone()) {
@@ -156,7 +179,7 @@ impl Worker {
         if let Ok(state) = self.snapshot().await {
             for table in state.tables.keys() {
                 match self.compact(table, false).await {
-                    Ok(_) | Err(CompactionError::Busy(_)) => {}
+                    Ok(_) | Err(CompactionError::Busy(_) | CompactionError::NotOwner(_)) => {}
                     Err(e) => {
                         tracing::warn!(table = %table, error = %e, "background compaction failed")
                     }
@@ -175,6 +198,7 @@ impl Worker {
         table: &TableRef,
         force: bool,
     ) -> Result<CompactionReport, CompactionError> {
+        self.epoch(table)?;
         let _claim = self.claim(table)?;
         let started = Instant::now();
         let mut report = CompactionReport::default();
@@ -273,11 +297,19 @@ impl Worker {
             add: merged.files.iter().map(|f| f.file.clone()).collect(),
             at_ms: now_ms(),
         };
+        let mut actions = vec![action];
+        match self.epoch(table) {
+            Ok(fence) => actions.extend(fence),
+            Err(e) => {
+                self.remove_outputs(&merged.files).await;
+                return Err(e);
+            }
+        }
         let committed = self
             .catalog
             .send(Commit {
                 operation: "compaction",
-                actions: vec![action],
+                actions,
             })
             .await
             .map_err(|e| CompactionError::Mailbox(e.to_string()))?;
@@ -293,6 +325,7 @@ impl Worker {
                     CatalogError::Conflict(_)
                         | CatalogError::TableNotFound(_)
                         | CatalogError::AlreadyCommitted { .. }
+                        | CatalogError::Fenced { .. }
                 ) {
                     self.remove_outputs(&merged.files).await;
                 }
@@ -361,13 +394,19 @@ impl Worker {
             if due.is_empty() {
                 continue;
             }
+            // Only the owner deletes a table's files (cluster mode).
+            let Ok(fence) = self.epoch(table) else {
+                continue;
+            };
+            let mut actions = vec![Action::PurgeFiles {
+                table: table.clone(),
+                paths: due.iter().map(|r| r.path.clone()).collect(),
+            }];
+            actions.extend(fence);
             self.catalog
                 .send(Commit {
                     operation: "purge",
-                    actions: vec![Action::PurgeFiles {
-                        table: table.clone(),
-                        paths: due.iter().map(|r| r.path.clone()).collect(),
-                    }],
+                    actions,
                 })
                 .await
                 .map_err(|e| CompactionError::Mailbox(e.to_string()))?

@@ -90,6 +90,9 @@ pub enum CompactionError {
     /// The table is being compacted already.
     #[error("table {0} is being compacted already")]
     Busy(String),
+    /// Cluster mode: another node owns the table's shard, and compacts it.
+    #[error("{0}; compaction runs on the shard owner")]
+    NotOwner(String),
     /// An actor on the way is gone.
     #[error("compaction interrupted: {0}")]
     Mailbox(String),

@@ -9,7 +9,7 @@ use super::messages::Flush;
 use super::{FlushError, build_files};
 use crate::background::spawn_niced;
 use crate::catalog::messages::{Commit, Snapshot};
-use crate::catalog::{Action, CatalogActor, CatalogError, CatalogState};
+use crate::catalog::{Action, CatalogActor, CatalogError, CatalogState, Fences};
 use crate::ids::{Seq, TableRef};
 use crate::storage::Storage;
 
@@ -23,12 +23,25 @@ const MAILBOX_CAPACITY: usize = 64;
 pub struct FlushActor {
     storage: Storage,
     catalog: Addr<CatalogActor>,
+    fences: Fences,
 }
 
 impl FlushActor {
     /// A flusher writing to `storage` and committing to `catalog`.
     pub fn new(storage: Storage, catalog: Addr<CatalogActor>) -> Self {
-        Self { storage, catalog }
+        Self {
+            storage,
+            catalog,
+            fences: Fences::standalone(),
+        }
+    }
+
+    /// Cluster mode: flushes only tables whose shard this node owns, each commit carrying the
+    /// owner epoch and the stream messages it covers (sequences are stream positions, see
+    /// [`crate::ids::cluster_seq`]).
+    pub fn fenced(mut self, fences: Fences) -> Self {
+        self.fences = fences;
+        self
     }
 }
 
@@ -52,15 +65,19 @@ impl Handler<Flush> for FlushActor {
     fn handle(&mut self, msg: Flush, _ctx: &mut Self::Context) -> Self::Result {
         let storage = self.storage.clone();
         let catalog = self.catalog.clone();
+        let fences = self.fences.clone();
         let span = tracing::info_span!("flush", table = %msg.table, rows = msg.memtable.len());
         AtomicResponse::new(Box::pin(
             async move {
                 let started = std::time::Instant::now();
                 let table = msg.table.clone();
                 let memtable = msg.memtable.clone();
-                let Some((_, max_seq)) = memtable.seq_range() else {
+                let Some((min_seq, max_seq)) = memtable.seq_range() else {
                     return Err(FlushError::Encode("empty memtable".into()));
                 };
+                let epoch = fences
+                    .epoch(&table)
+                    .map_err(|e| FlushError::Fenced(e.to_string()))?;
                 // An earlier attempt may have committed these rows and still reported an error
                 // (a put that landed, then failed): then there is nothing left to do.
                 let before = catalog
@@ -99,6 +116,14 @@ impl Handler<Flush> for FlushActor {
                     table: table.clone(),
                     seq: max_seq,
                 });
+                if let Some(epoch) = epoch {
+                    actions.push(Action::StreamRange {
+                        table: table.clone(),
+                        epoch,
+                        first: crate::ids::stream_seq_of(min_seq),
+                        last: crate::ids::stream_seq_of(max_seq),
+                    });
+                }
                 let committed = catalog
                     .send(Commit {
                         operation: "flush",
@@ -116,6 +141,9 @@ impl Handler<Flush> for FlushActor {
                             .send(Snapshot)
                             .await
                             .map_err(|e| FlushError::Mailbox(e.to_string()));
+                    }
+                    Err(e @ CatalogError::Fenced { .. }) => {
+                        return Err(FlushError::Fenced(e.to_string()));
                     }
                     Err(e) => return Err(FlushError::Catalog(e.to_string())),
                 };

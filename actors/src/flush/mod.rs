@@ -44,6 +44,10 @@ pub enum FlushError {
     /// An actor on the way is gone.
     #[error("flush interrupted: {0}")]
     Mailbox(String),
+    /// Cluster mode: this node does not own the table's shard (any more), so it may not
+    /// commit the table's rows; the new owner flushes them from the stream.
+    #[error("flush fenced: {0}")]
+    Fenced(String),
 }
 
 /// A data file ready to be written: its catalog entry, its bytes, and its secondary index

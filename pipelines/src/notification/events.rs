@@ -108,7 +108,11 @@ pub fn derive(
                     });
                 }
             }
-            Action::PurgeFiles { .. } => {}
+            // Shard ownership and stream positions are bookkeeping of cluster mode.
+            Action::PurgeFiles { .. }
+            | Action::ClaimShard { .. }
+            | Action::Fence { .. }
+            | Action::StreamRange { .. } => {}
         }
     }
     // A flush that added no file (nothing to write) announces nothing.
