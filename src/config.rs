@@ -140,6 +140,12 @@ pub struct Config {
     /// `[[webhooks]]`: endpoints that receive commit events as signed HTTP POSTs, each with
     /// its own cursor, retries and dead-letter log. Default: none.
     pub webhooks: Vec<WebhookSection>,
+    /// This node's role and name.
+    pub node: NodeSection,
+    /// Where the lake (data files, sidecars, catalog) lives. Default: under `data_dir`.
+    pub store: StoreSection,
+    /// Cluster mode: leases, the replicated log, catalog refresh.
+    pub cluster: ClusterSection,
 }
 
 impl Default for Config {
@@ -155,6 +161,9 @@ impl Default for Config {
             telemetry: crate::telemetry::TelemetryConfig::default(),
             nats: NatsSection::default(),
             webhooks: Vec::new(),
+            node: NodeSection::default(),
+            store: StoreSection::default(),
+            cluster: ClusterSection::default(),
         }
     }
 }
@@ -426,6 +435,83 @@ impl WebhookSection {
 impl std::fmt::Debug for WebhookSection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(&self.webhook_config(), f)
+    }
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// `all` (standalone: every stage in this process over a local write-ahead log), or the
+    /// cluster roles this node takes, comma separated: `ingest` (HTTP and NATS sources, which
+    /// publish to the replicated log), `processing` (owns shards: memtables, flushes,
+    /// compaction), `notification` (commit events to NATS, SSE and webhooks). Cluster roles
+    /// need `[nats] url` and a store shared by every node. The flag `--role` sets it.
+    /// Default: `all`.
+    pub role: Option<String>,
+    /// The node's name in shard leases and logs: letters, digits, `-` and `_`. Default: the
+    /// host name and the HTTP port.
+    pub id: Option<String>,
+}
+
+/// `[store]`: where data files, sidecars and the catalog log live.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// `file:///absolute/path` or `s3://bucket/prefix`. The flag `--store` sets it. Default:
+    /// none, meaning the local directory `data_dir`.
+    pub url: Option<String>,
+    /// S3: endpoint of an S3-compatible service (`http://127.0.0.1:9000`). Default: AWS.
+    pub endpoint: Option<String>,
+    /// S3: region. Default: `us-east-1`.
+    pub region: Option<String>,
+    /// S3: access key id. Default: none (anonymous, or the `AWS_ACCESS_KEY_ID` variable).
+    pub access_key_id: Option<String>,
+    /// S3: secret access key. Default: none (or the `AWS_SECRET_ACCESS_KEY` variable).
+    pub secret_access_key: Option<String>,
+    /// S3: allow `http://` endpoints (test servers). Default: false.
+    pub allow_http: bool,
+}
+
+/// The secret stays out of logs.
+impl std::fmt::Debug for StoreSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSection")
+            .field("url", &self.url)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "***"),
+            )
+            .field("allow_http", &self.allow_http)
+            .finish()
+    }
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// A processing node's shard lease lapses this long after its last renewal (renewed every
+    /// third of it); another node then takes the shard over. Default: `10s`.
+    pub lease_ttl: HumanDuration,
+    /// How often a node reads catalog commits made by other nodes (new tables, schema
+    /// versions, flushes). Default: `1s`.
+    pub catalog_refresh: HumanDuration,
+    /// Bytes the replicated log (`ALLUVIUM_INGEST`) may hold: events not yet flushed. When
+    /// full, ingest answers 503 until processing nodes catch up. Default: `4GiB`.
+    pub log_max_bytes: ByteSize,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            lease_ttl: HumanDuration(Duration::from_secs(10)),
+            catalog_refresh: HumanDuration(Duration::from_secs(1)),
+            log_max_bytes: ByteSize(4 << 30),
+        }
     }
 }
 

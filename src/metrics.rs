@@ -128,6 +128,44 @@ impl Metrics {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
         }
+        if let Some(c) = node.cluster() {
+            let s = &c.shards;
+            for (name, kind, help, value) in [
+                (
+                    "alluvium_shards_owned",
+                    "gauge",
+                    "Shards (tables) this processing node owns now.",
+                    load(&s.owned),
+                ),
+                (
+                    "alluvium_shard_claims_total",
+                    "counter",
+                    "Shard claims this node committed to the catalog.",
+                    load(&s.claims),
+                ),
+                (
+                    "alluvium_log_messages_read_total",
+                    "counter",
+                    "Replicated log messages inserted into memtables.",
+                    load(&s.messages),
+                ),
+                (
+                    "alluvium_log_purges_total",
+                    "counter",
+                    "Purges of committed messages from the replicated log.",
+                    load(&s.purges),
+                ),
+                (
+                    "alluvium_commits_fenced_total",
+                    "counter",
+                    "Flushes and compactions the catalog refused because another node owns the shard now.",
+                    node.fenced_commits(),
+                ),
+            ] {
+                header(&mut out, name, kind, help);
+                let _ = writeln!(out, "{name} {value}");
+            }
+        }
         if let Some(n) = nats {
             let i = &n.ingest_stats;
             let p = &n.publish_stats;

@@ -6,13 +6,16 @@ use alluvium_actors::auth::Bootstrap;
 use alluvium_actors::compaction::CompactionConfig;
 use alluvium_actors::memtable::MemtableConfig;
 use alluvium_actors::schema::translate::BatchLimits;
+use alluvium_actors::storage::{S3Settings, Storage, StoreUrl};
 use alluvium_actors::wal::{DedupeConfig, WalConfig};
 use alluvium_nats::NatsConfig;
+use alluvium_nats::jetstream::LogSettings;
 use alluvium_nats::jetstream::StreamSettings;
+use alluvium_pipelines::cluster::{ClusterConfig, Roles};
 use alluvium_pipelines::link::{LinkConfig, NatsLink};
 use alluvium_pipelines::sources::nats::NatsIngestConfig;
 use alluvium_pipelines::{Node, NodeConfig};
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use tracing::Instrument as _;
 
 use crate::config::Config;
@@ -55,13 +58,137 @@ pub fn node_config(config: &Config) -> NodeConfig {
         bootstrap_key: std::env::var("ALLUVIUM_BOOTSTRAP_KEY")
             .ok()
             .filter(|k| !k.is_empty()),
+        storage: None,
+        cluster: None,
     }
+}
+
+/// What `[node]`, `[store]`, `[nats]` and `[cluster]` make of this node: the roles (`None`:
+/// standalone), checked before anything starts.
+pub fn cluster_roles(config: &Config) -> anyhow::Result<Option<Roles>> {
+    let role = config.node.role.as_deref().unwrap_or("all");
+    let roles = Roles::parse(role)
+        .map_err(|e| anyhow::anyhow!("invalid role ([node] role, --role): {e}"))?;
+    let Some(roles) = roles else {
+        return Ok(None);
+    };
+    let has_nats = config
+        .nats
+        .url
+        .as_deref()
+        .is_some_and(|u| !u.trim().is_empty());
+    if !has_nats {
+        bail!(
+            "role {} needs NATS: set --nats-url or [nats] url (ALLUVIUM_NATS__URL)",
+            roles.names()
+        );
+    }
+    if config.store.url.is_none() {
+        bail!(
+            "role {} needs a store every node shares: set --store s3://bucket/prefix or \
+             file:///shared/path ([store] url, ALLUVIUM_STORE__URL)",
+            roles.names()
+        );
+    }
+    if config.nats.ingest_mode == crate::config::IngestMode::Jetstream {
+        bail!(
+            "[nats] ingest_mode = \"jetstream\" is for standalone nodes; cluster ingest nodes \
+             take requests on the ingest subjects and write the replicated log themselves"
+        );
+    }
+    Ok(Some(roles))
+}
+
+/// The object store `[store]` names, `None` for the local `data_dir`.
+pub fn storage(config: &Config) -> anyhow::Result<Option<Storage>> {
+    let Some(url) = config.store.url.as_deref() else {
+        return Ok(None);
+    };
+    let parsed =
+        StoreUrl::parse(url).with_context(|| format!("invalid [store] url (--store) {url:?}"))?;
+    let storage = match parsed {
+        StoreUrl::Local(path) => Storage::local(&path)
+            .with_context(|| format!("cannot open the store {url} ([store] url, --store)"))?,
+        StoreUrl::S3 { bucket, prefix } => {
+            let s = &config.store;
+            let mut settings = S3Settings::new(bucket, prefix);
+            settings.endpoint = s.endpoint.clone();
+            if let Some(region) = &s.region {
+                settings.region = region.clone();
+            }
+            settings.access_key_id = s.access_key_id.clone();
+            settings.secret_access_key = s.secret_access_key.clone();
+            settings.allow_http = s.allow_http;
+            Storage::s3(&settings)
+                .with_context(|| format!("cannot open the store {url} ([store] url, --store)"))?
+        }
+    };
+    Ok(Some(storage))
+}
+
+/// The node's name: `[node] id`, or the host name and the HTTP port.
+pub fn node_id(config: &Config) -> anyhow::Result<String> {
+    if let Some(id) = &config.node.id {
+        alluvium_nats::validate_token(id)
+            .map_err(|e| anyhow::anyhow!("invalid [node] id (--node-id) {id:?}: {e}"))?;
+        if !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!("invalid [node] id (--node-id) {id:?}: use letters, digits, '-' and '_'");
+        }
+        return Ok(id.clone());
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let host = if host.is_empty() {
+        "node".to_string()
+    } else {
+        host
+    };
+    Ok(format!("{host}-{}", config.server.listen.port()))
+}
+
+/// The cluster part of the node configuration, for a node with cluster roles.
+pub fn cluster_config(config: &Config, roles: Roles) -> anyhow::Result<ClusterConfig> {
+    let n = &config.nats;
+    Ok(ClusterConfig {
+        roles,
+        node_id: node_id(config)?,
+        nats: NatsConfig {
+            url: n.url.clone().unwrap_or_default(),
+            name: "alluvium-cluster".into(),
+            token: n.token.clone(),
+            ..NatsConfig::default()
+        },
+        prefix: n.prefix.clone(),
+        log: LogSettings {
+            replicas: n.stream_replicas.max(1),
+            max_bytes: config.cluster.log_max_bytes.0,
+            duplicate_window: config.ingest.idempotency_window.0,
+        },
+        lease_ttl: config.cluster.lease_ttl.0,
+        lease_replicas: n.stream_replicas.max(1),
+        catalog_refresh: config.cluster.catalog_refresh.0,
+    })
 }
 
 /// The NATS link a [`Config`] describes, if it names a NATS URL.
 pub fn link_config(config: &Config) -> Option<LinkConfig> {
     let n = &config.nats;
     let url = n.url.clone().filter(|u| !u.trim().is_empty())?;
+    // Standalone, or the cluster roles: ingest subscribes, notification publishes events.
+    let roles = cluster_roles(config).ok().flatten();
     Some(LinkConfig {
         connection: NatsConfig {
             url,
@@ -76,14 +203,13 @@ pub fn link_config(config: &Config) -> Option<LinkConfig> {
             rejects_max_age: n.retention.0,
             duplicate_window: n.duplicate_window.0,
         },
-        ingest: n.ingest.then(|| NatsIngestConfig {
+        ingest: (n.ingest && roles.is_none_or(|r| r.ingest)).then(|| NatsIngestConfig {
             queue_group: n.queue_group.clone(),
             max_in_flight: n.max_in_flight.max(1),
             default_durability: config.ingest.durability,
             jetstream: n.ingest_mode == crate::config::IngestMode::Jetstream,
         }),
-        publish_events: n
-            .publish_events
+        publish_events: (n.publish_events && roles.is_none_or(|r| r.notification))
             .then(|| config.data_dir.join("notify").join("nats.cursor")),
         rejects_capacity: 10_000,
     })
@@ -98,9 +224,13 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let webhooks: Vec<_> = config.webhooks.iter().map(|w| w.webhook_config()).collect();
     alluvium_pipelines::notification::webhooks::validate_all(&webhooks)
         .map_err(|e| anyhow::anyhow!("invalid [[webhooks]] configuration: {e}"))?;
+    let roles = cluster_roles(&config)?;
+    let mut node_config = node_config(&config);
+    node_config.storage = storage(&config)?;
+    node_config.cluster = roles.map(|r| cluster_config(&config, r)).transpose()?;
     let system = actix_web::rt::System::new();
     system.block_on(async move {
-        let node = Node::start(node_config(&config))
+        let node = Node::start(node_config)
             .await
             .context("cannot start the node")?;
         match &*node.bootstrap {

@@ -3,7 +3,9 @@
 //! - `ALLUVIUM_EVENTS` over `{prefix}.events.>`: commit events, kept so subscribers can replay
 //!   from any point; a duplicate window drops events published twice (same `Nats-Msg-Id`).
 //! - `ALLUVIUM_REJECTS` over `{prefix}.rejects.>`: rejected batches, for replay after a fix.
-//! - `ALLUVIUM_INGEST` over `{prefix}.ingest.>`: the replicated log of JetStream ingest mode.
+//! - `ALLUVIUM_INGEST` over `{prefix}.ingest.>`: the ingest stream of JetStream ingest mode
+//!   (standalone); or, in cluster mode, over `{prefix}.log.>`: the replicated log, which ingest
+//!   nodes write validated batches to and processing nodes read (see [`log_stream`]).
 
 use std::time::Duration;
 
@@ -81,6 +83,70 @@ pub fn ingest_stream(subjects: &Subjects, s: &StreamSettings) -> stream::Config 
         num_replicas: s.replicas,
         storage: stream::StorageType::File,
         ..Default::default()
+    }
+}
+
+/// Settings of the replicated log of cluster mode.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// Replicas (3 on a 3-server cluster).
+    pub replicas: usize,
+    /// Bytes the log may hold; beyond, publishes are refused until shards are flushed.
+    pub max_bytes: u64,
+    /// Window in which a batch published again with the same `Nats-Msg-Id` (idempotency key) is
+    /// recognised and stored once.
+    pub duplicate_window: Duration,
+}
+
+/// The configuration of the replicated log of cluster mode: stream `ALLUVIUM_INGEST` over
+/// `{prefix}.log.>`. Messages stay until the shard's owner has committed them to the catalog
+/// and purges them; a full log refuses new batches (`discard: new`) instead of dropping old
+/// ones.
+pub fn log_stream(subjects: &Subjects, s: &LogSettings) -> stream::Config {
+    stream::Config {
+        name: INGEST_STREAM.into(),
+        subjects: vec![subjects.log_all()],
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::New,
+        max_bytes: i64::try_from(s.max_bytes).unwrap_or(i64::MAX),
+        duplicate_window: s.duplicate_window,
+        num_replicas: s.replicas,
+        storage: stream::StorageType::File,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// [`ensure_stream`] for the replicated log, refusing to take over an `ALLUVIUM_INGEST` that
+/// holds the ingest subjects of a standalone node in JetStream ingest mode.
+pub async fn ensure_log_stream(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    s: &LogSettings,
+) -> Result<stream::Info, NatsError> {
+    if let Ok(mut existing) = js.get_stream(INGEST_STREAM).await {
+        let info = existing.info().await.map_err(|e| {
+            NatsError::JetStream(format!("cannot read stream {INGEST_STREAM}: {e}"))
+        })?;
+        if info.config.subjects != [subjects.log_all()] {
+            return Err(NatsError::Config(format!(
+                "stream {INGEST_STREAM} exists with subjects {:?}, not the replicated log {}: it \
+                 belongs to a standalone node in JetStream ingest mode; use another NATS \
+                 account or prefix for the cluster, or delete the stream",
+                info.config.subjects,
+                subjects.log_all()
+            )));
+        }
+    }
+    let config = log_stream(subjects, s);
+    let info = ensure_stream(js, config.clone()).await?;
+    let c = &info.config;
+    if c.max_bytes != config.max_bytes || c.discard != config.discard {
+        js.update_stream(config)
+            .await
+            .map_err(|e| NatsError::JetStream(format!("cannot update stream {INGEST_STREAM}: {e}")))
+    } else {
+        Ok(info)
     }
 }
 

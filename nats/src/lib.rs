@@ -11,11 +11,13 @@ pub mod connection;
 pub mod envelope;
 pub mod headers;
 pub mod jetstream;
+pub mod lease;
 pub mod subject;
 
 pub use async_nats;
 pub use connection::{Connection, NatsConfig};
 pub use envelope::{CommitEvent, EventFile, Reject};
+pub use lease::{LeaseEvent, LeaseSettings, LostReason, Shard, ShardLeases};
 pub use subject::{CommitKind, SubjectError, Subjects, validate_token};
 
 /// What went wrong talking to NATS.

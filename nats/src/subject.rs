@@ -123,6 +123,25 @@ impl Subjects {
         format!("{}.ingest.>", self.prefix)
     }
 
+    /// `{prefix}.log.>`: the replicated log of cluster mode (stream `ALLUVIUM_INGEST`).
+    pub fn log_all(&self) -> String {
+        format!("{}.log.>", self.prefix)
+    }
+
+    /// `{prefix}.log.{tenant}.{table}`: one shard's part of the replicated log, written by
+    /// ingest nodes once a batch is validated, read by the shard's owner.
+    pub fn log(&self, tenant: &str, table: &str) -> Result<String, SubjectError> {
+        validate_token(tenant)?;
+        validate_token(table)?;
+        Ok(format!("{}.log.{tenant}.{table}", self.prefix))
+    }
+
+    /// `{prefix}.query.{node}`: where a processing node answers reads of its memtables.
+    pub fn query(&self, node: &str) -> Result<String, SubjectError> {
+        validate_token(node)?;
+        Ok(format!("{}.query.{node}", self.prefix))
+    }
+
     /// `{prefix}.events.>`: every commit event.
     pub fn events_all(&self) -> String {
         format!("{}.events.>", self.prefix)

@@ -65,6 +65,13 @@ pub enum PipelineError {
     /// A query names a column the table does not have.
     #[error("unknown column {0:?}")]
     UnknownColumn(String),
+    /// Cluster mode: the replicated log is full (its shards' owners are behind or gone):
+    /// nothing was stored; retry later.
+    #[error("the replicated log is full, retry later: {0}")]
+    LogFull(String),
+    /// The node does not take this kind of request in its role.
+    #[error("{0}")]
+    WrongRole(String),
     /// A component is not reachable (stopped or overloaded mailbox).
     #[error("internal component unavailable: {0}")]
     Unavailable(String),
@@ -177,6 +184,8 @@ impl PipelineError {
             P::InvalidKey(_) => (400, "invalid_key"),
             P::RowNotFound(_) => (404, "row_not_found"),
             P::Unavailable(_) => (503, "unavailable"),
+            P::LogFull(_) => (503, "log_full"),
+            P::WrongRole(_) => (503, "wrong_role"),
         }
     }
 
@@ -184,7 +193,9 @@ impl PipelineError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             PipelineError::Overloaded { retry_after, .. } => Some(*retry_after),
-            PipelineError::Unavailable(_) => Some(Duration::from_secs(1)),
+            PipelineError::Unavailable(_) | PipelineError::LogFull(_) => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         }
     }

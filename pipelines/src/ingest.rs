@@ -32,7 +32,9 @@ pub struct IngestAck {
     /// Sequence of the last event.
     pub last_seq: u64,
     /// Durability reached: `wal` (in the write-ahead log, fdatasync returned) or `received`
-    /// (validated and sequenced, not yet on disk) when the request asked for no more.
+    /// (validated and sequenced, not yet on disk) when the request asked for no more; on an
+    /// ingest node of a cluster, `replicated` (in the replicated log, acknowledged by a
+    /// majority of its replicas).
     pub durability: &'static str,
     /// Present (and `true`) when this answers a retry: an earlier batch with the same
     /// idempotency key was stored, and this one was not stored again.
@@ -57,6 +59,10 @@ impl IngestAck {
         }
     }
 }
+
+/// The durability of a batch acknowledged by an ingest node of a cluster: stored by a majority
+/// of the replicated log's replicas.
+pub const REPLICATED: &str = "replicated";
 
 /// Where a batch came from (for rejects and metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,8 +183,29 @@ impl Node {
                 return Err(e);
             }
         };
-        let durable = self
-            .wal
+        if let Some(log) = &self.log {
+            let appended = log
+                .append(
+                    &table,
+                    validated.schema_version,
+                    validated.rows,
+                    key.as_ref(),
+                )
+                .await?;
+            return Ok(IngestAck {
+                accepted: (appended.last_seq + 1 - appended.first_seq) as usize,
+                first_seq: appended.first_seq,
+                last_seq: appended.last_seq,
+                durability: REPLICATED,
+                duplicate: appended.duplicate,
+            });
+        }
+        let Some(wal) = &self.wal else {
+            return Err(PipelineError::WrongRole(
+                "this node has no ingest role: send batches to an ingest node".into(),
+            ));
+        };
+        let durable = wal
             .send(Append {
                 table,
                 schema: validated.schema,

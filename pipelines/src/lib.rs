@@ -31,3 +31,4 @@ pub mod sources;
 
 pub use error::PipelineError;
 pub use processing::{Node, NodeConfig};
+pub mod cluster;

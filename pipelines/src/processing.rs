@@ -16,7 +16,7 @@ use alluvium_actors::auth::{
     self, AuthActor, Authenticator, Bootstrap, JwtConfig, JwtVerifier, KeyStore,
 };
 use alluvium_actors::catalog::actor::CommitNotice;
-use alluvium_actors::catalog::{self, CatalogActor, CatalogState, Pins};
+use alluvium_actors::catalog::{self, CatalogActor, CatalogState, Fences, Pins};
 use alluvium_actors::compaction::{CompactionActor, CompactionConfig};
 use alluvium_actors::flush::{FlushActor, gc};
 use alluvium_actors::ids::{Seq, TableRef};
@@ -54,6 +54,10 @@ pub struct NodeConfig {
     pub jwt: JwtConfig,
     /// The bootstrap admin key to install on first start (`ALLUVIUM_BOOTSTRAP_KEY`).
     pub bootstrap_key: Option<String>,
+    /// The lake's object store; `None`: the local directory `data_dir`.
+    pub storage: Option<Storage>,
+    /// Cluster mode: roles, NATS, leases. `None`: a standalone node.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// A running standalone node: handles to its actors, used by the sources and the query path.
@@ -61,7 +65,14 @@ pub struct NodeConfig {
 pub struct Node {
     pub(crate) auth: Addr<AuthActor>,
     pub(crate) schema: Addr<SchemaActor>,
-    pub(crate) wal: Addr<WalActor>,
+    /// The local write-ahead log of a standalone node.
+    pub(crate) wal: Option<Addr<WalActor>>,
+    /// The replicated log an ingest node of a cluster writes to.
+    pub(crate) log: Option<crate::cluster::log::ReplicatedLog>,
+    /// Cluster mode: the node's roles and shards.
+    pub(crate) cluster: Option<Arc<crate::cluster::ClusterNode>>,
+    /// The shard epochs flushes and compactions commit under (cluster mode).
+    pub(crate) fences: Fences,
     pub(crate) memtable: Addr<MemtableActor>,
     pub(crate) catalog: Addr<CatalogActor>,
     pub(crate) compaction: Addr<CompactionActor>,
@@ -83,15 +94,35 @@ pub struct Node {
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl Node {
-    /// Recovers state from `config.data_dir` and starts every actor on the current arbiter.
-    pub async fn start(config: NodeConfig) -> Result<Node, PipelineError> {
+    /// Recovers state from `config.data_dir` and starts every actor on the current arbiter; in
+    /// cluster mode, connects to NATS and starts what the node's roles need.
+    pub async fn start(mut config: NodeConfig) -> Result<Node, PipelineError> {
+        let cluster = config.cluster.take();
+        // The outside parts are reached before anything is written.
+        if let Some(storage) = &config.storage {
+            storage.probe().await?;
+        }
+        let connection = match &cluster {
+            Some(c) => Some(crate::cluster::connect(c).await?),
+            None => None,
+        };
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             PipelineError::Unavailable(format!(
                 "cannot create data dir {}: {e}",
                 config.data_dir.display()
             ))
         })?;
-        let storage = Storage::local(&config.data_dir)?;
+        let storage = match &config.storage {
+            Some(s) => s.clone(),
+            None => Storage::local(&config.data_dir)?,
+        };
+        if cluster.is_some() {
+            // A batch is one log message; its sequences are `stream_seq << 20 | index`.
+            config.batch_limits.max_rows = config
+                .batch_limits
+                .max_rows
+                .min(alluvium_actors::ids::MAX_CLUSTER_BATCH_ROWS);
+        }
         let state = catalog::checkpoint::load(&storage)
             .await
             .map_err(|e| PipelineError::Unavailable(e.to_string()))?;
@@ -103,14 +134,17 @@ impl Node {
         );
         // Before any flush can run, so every unreferenced data file is an orphan of a flush
         // that died before its commit. Failing to collect them costs space, not correctness.
-        match gc::remove_orphans(&storage, &state).await {
-            Ok(report) if report.files > 0 => tracing::info!(
-                files = report.files,
-                bytes = report.bytes,
-                "orphan data files removed"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "orphan gc failed, unreferenced files kept"),
+        // Not in cluster mode, where other nodes write files before they commit them.
+        if cluster.is_none() {
+            match gc::remove_orphans(&storage, &state).await {
+                Ok(report) if report.files > 0 => tracing::info!(
+                    files = report.files,
+                    bytes = report.bytes,
+                    "orphan data files removed"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "orphan gc failed, unreferenced files kept"),
+            }
         }
         let state = Arc::new(state);
 
@@ -127,38 +161,55 @@ impl Node {
         );
         let catalog = Supervisor::start(move |_| catalog_actor);
         let pins = Pins::default();
+        let fences = match &cluster {
+            Some(_) => Fences::cluster(),
+            None => Fences::standalone(),
+        };
         let compaction_actor = CompactionActor::new(
             storage.clone(),
             catalog.clone(),
             pins.clone(),
             config.compaction.clone(),
-        );
+        )
+        .fenced(fences.clone());
         let compaction = Supervisor::start(move |_| compaction_actor);
         let flush_storage = storage.clone();
         let flush_catalog = catalog.clone();
-        let flush = Supervisor::start(move |_| FlushActor::new(flush_storage, flush_catalog));
+        let flush_fences = fences.clone();
+        let flush = Supervisor::start(move |_| {
+            FlushActor::new(flush_storage, flush_catalog).fenced(flush_fences)
+        });
 
         let gauge = MemoryGauge::default();
         let mut memtables =
             MemtableActor::new(config.memtable.clone(), flush.recipient(), gauge.clone());
-        let mut wal_config = config.wal.clone();
-        wal_config.dir = config.data_dir.join("wal");
-        let mut dedupe = Dedupe::open(
-            config.data_dir.join("idempotency.json"),
-            config.dedupe,
-            now_us(),
-        )?;
-        let (wal, next_seq) = recover(&state, wal_config, &mut memtables, &mut dedupe)?;
-        let dedupe: SharedDedupe = Arc::new(std::sync::RwLock::new(dedupe));
-        let wal_dedupe = dedupe.clone();
-        let memtable = Supervisor::start(move |_| memtables);
-        let wal_memtable = memtable.clone().recipient();
-        let wal_catalog = catalog.clone();
         let wal_stats = Arc::new(WalStats::default());
-        let stats = wal_stats.clone();
-        let wal = Supervisor::start(move |_| {
-            WalActor::new(wal, next_seq, wal_memtable, wal_catalog, stats, wal_dedupe)
-        });
+        let (wal, dedupe) = if cluster.is_some() {
+            // The replicated log takes the WAL's place; its duplicate window the dedupe index's.
+            let empty = Dedupe::in_memory(config.dedupe);
+            let memtable = Supervisor::start(move |_| memtables);
+            (None, (Arc::new(std::sync::RwLock::new(empty)), memtable))
+        } else {
+            let mut wal_config = config.wal.clone();
+            wal_config.dir = config.data_dir.join("wal");
+            let mut dedupe = Dedupe::open(
+                config.data_dir.join("idempotency.json"),
+                config.dedupe,
+                now_us(),
+            )?;
+            let (wal, next_seq) = recover(&state, wal_config, &mut memtables, &mut dedupe)?;
+            let dedupe: SharedDedupe = Arc::new(std::sync::RwLock::new(dedupe));
+            let wal_dedupe = dedupe.clone();
+            let memtable = Supervisor::start(move |_| memtables);
+            let wal_memtable = memtable.clone().recipient();
+            let wal_catalog = catalog.clone();
+            let stats = wal_stats.clone();
+            let wal = Supervisor::start(move |_| {
+                WalActor::new(wal, next_seq, wal_memtable, wal_catalog, stats, wal_dedupe)
+            });
+            (Some(wal), (dedupe, memtable))
+        };
+        let (dedupe, memtable) = dedupe;
 
         let schema_actor = SchemaActor::new(&state, catalog.clone(), config.batch_limits)
             .infer_new_tables(config.infer_new_tables);
@@ -170,10 +221,30 @@ impl Node {
         let authenticator = Authenticator::new(keys, jwt);
         let auth = Supervisor::start(move |_| AuthActor::new(authenticator));
 
+        let (log, cluster) = match cluster.zip(connection) {
+            Some((c, connection)) => {
+                let parts = crate::cluster::ClusterParts {
+                    catalog: catalog.clone(),
+                    schema: schema.clone(),
+                    memtable: memtable.clone(),
+                    fences: fences.clone(),
+                    gauge: gauge.clone(),
+                    memory_budget: config.memory_budget,
+                    notices: notices.clone(),
+                };
+                let (log, node) = crate::cluster::start(c, connection, parts).await?;
+                (log, Some(Arc::new(node)))
+            }
+            None => (None, None),
+        };
+
         Ok(Node {
             auth,
             schema,
             wal,
+            log,
+            cluster,
+            fences,
             memtable,
             catalog,
             compaction,
@@ -189,6 +260,17 @@ impl Node {
             rejects: Default::default(),
             bootstrap: Arc::new(bootstrap),
         })
+    }
+
+    /// Cluster mode: the node's roles, connection and shards; `None` on a standalone node.
+    pub fn cluster(&self) -> Option<&crate::cluster::ClusterNode> {
+        self.cluster.as_deref()
+    }
+
+    /// Flushes and compactions the catalog refused since start because another node owned the
+    /// shard by then (cluster mode).
+    pub fn fenced_commits(&self) -> u64 {
+        self.fences.refused()
     }
 
     /// Receives a notice of every catalog commit (flushes, compactions, purges, new tables)
@@ -223,6 +305,9 @@ impl Node {
             .load(std::sync::atomic::Ordering::Relaxed)
         {
             return Err("the write-ahead log refuses writes after a failed write or fsync; restart the node".into());
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.health()?;
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 pub mod http_sink;
 pub mod nats;
+pub mod s3;
 
 /// The admin key every test server is bootstrapped with.
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
@@ -86,6 +87,11 @@ impl Server {
     /// Full URL of `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// The process id (for SIGSTOP and SIGCONT).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL, no chance to clean up.

@@ -42,6 +42,8 @@ pub struct NatsServer {
     /// Its client port.
     pub port: u16,
     store: PathBuf,
+    /// Arguments after the port and store ones (cluster routes).
+    extra: Vec<String>,
 }
 
 impl NatsServer {
@@ -51,6 +53,7 @@ impl NatsServer {
             child: None,
             port: free_port(),
             store: store.to_path_buf(),
+            extra: Vec::new(),
         };
         s.restart();
         s
@@ -83,6 +86,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(&self.store)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -96,6 +100,80 @@ impl NatsServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// A cluster of nats-servers with JetStream on loopback, each with its own store.
+pub struct NatsCluster {
+    /// The servers.
+    pub servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `n` servers routed to each other as cluster `alluvium-test` and waits until
+    /// JetStream has a meta leader (streams can be created).
+    pub fn start(dir: &Path, n: usize) -> NatsCluster {
+        let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes = cluster_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers = Vec::new();
+        for (i, cport) in cluster_ports.iter().enumerate() {
+            let mut s = NatsServer {
+                child: None,
+                port: free_port(),
+                store: dir.join(format!("n{i}")),
+                extra: vec![
+                    "--server_name".into(),
+                    format!("n{i}"),
+                    "--cluster_name".into(),
+                    "alluvium-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{cport}"),
+                    "--routes".into(),
+                    routes.clone(),
+                ],
+            };
+            s.restart();
+            servers.push(s);
+        }
+        let cluster = NatsCluster { servers };
+        cluster.wait_jetstream();
+        cluster
+    }
+
+    /// Every server's URL, comma separated (what a client that fails over is given).
+    pub fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| s.url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn wait_jetstream(&self) {
+        let url = self.servers[0].url();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let client = async_nats::connect(url).await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if js.query_account().await.is_ok() {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "JetStream cluster has no meta leader after 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
     }
 }
 

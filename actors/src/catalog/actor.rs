@@ -8,7 +8,7 @@ use actix::{
 
 use tokio::sync::broadcast;
 
-use super::messages::{Commit, Snapshot};
+use super::messages::{Commit, Refresh, Snapshot};
 use super::{Action, CatalogError, CatalogState, checkpoint, log};
 use crate::storage::Storage;
 
@@ -129,5 +129,68 @@ impl Handler<Snapshot> for CatalogActor {
 
     fn handle(&mut self, _msg: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
         self.state.clone()
+    }
+}
+
+/// The `&'static str` naming an operation read back from the log.
+fn known_operation(operation: &str) -> &'static str {
+    match operation {
+        "create_table" => "create_table",
+        "evolve_schema" => "evolve_schema",
+        "flush" => "flush",
+        "compaction" => "compaction",
+        "purge" => "purge",
+        "claim_shard" => "claim_shard",
+        _ => "other",
+    }
+}
+
+/// Most commits one refresh applies; the next refresh takes the rest.
+const REFRESH_BATCH: usize = 256;
+
+impl Handler<Refresh> for CatalogActor {
+    type Result = AtomicResponse<Self, Result<Arc<CatalogState>, CatalogError>>;
+
+    fn handle(&mut self, _msg: Refresh, _ctx: &mut Self::Context) -> Self::Result {
+        let storage = self.storage.clone();
+        let state = self.state.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                let mut state = state;
+                let mut read = Vec::new();
+                for _ in 0..REFRESH_BATCH {
+                    let version = state.version + 1;
+                    let Some(record) = log::read_commit(&storage, version).await? else {
+                        break;
+                    };
+                    let next = state.apply(version, &record.actions).map_err(|e| {
+                        CatalogError::Corrupt {
+                            path: log::commit_path(version).to_string(),
+                            reason: format!("commit does not apply: {e}"),
+                        }
+                    })?;
+                    state = Arc::new(next);
+                    read.push(record);
+                }
+                Ok::<_, CatalogError>((state, read))
+            }
+            .into_actor(self)
+            .map(|res, act, _| {
+                let (state, read) = res?;
+                // Commits of this process that raced ahead of the refresh are not read twice:
+                // the state only moves forward.
+                if state.version > act.state.version {
+                    act.state = state;
+                    for record in read {
+                        let _ = act.notices.send(Arc::new(CommitNotice {
+                            version: record.version,
+                            operation: known_operation(&record.operation),
+                            actions: record.actions,
+                        }));
+                    }
+                }
+                Ok(act.state.clone())
+            }),
+        ))
     }
 }

@@ -18,6 +18,8 @@ use crate::ids::TableRef;
 pub struct Fences {
     /// `None` on a standalone node.
     held: Option<Arc<RwLock<HashMap<TableRef, u64>>>>,
+    /// Commits the catalog refused because their epoch was no longer current.
+    refused: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Why a cluster node may not commit for a table.
@@ -28,7 +30,10 @@ pub struct NotOwner(pub String);
 impl Fences {
     /// No fencing: a standalone node.
     pub fn standalone() -> Fences {
-        Fences { held: None }
+        Fences {
+            held: None,
+            refused: Arc::default(),
+        }
     }
 
     /// An empty set of fences of a cluster node: nothing may be committed until a claim is
@@ -36,6 +41,7 @@ impl Fences {
     pub fn cluster() -> Fences {
         Fences {
             held: Some(Arc::default()),
+            refused: Arc::default(),
         }
     }
 
@@ -73,6 +79,17 @@ impl Fences {
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(table);
         }
+    }
+
+    /// Counts a commit the catalog refused as fenced (this node's epoch was stale).
+    pub fn note_refused(&self) {
+        self.refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Commits the catalog refused as fenced since start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The tables this node owns now (empty on a standalone node).

@@ -20,3 +20,10 @@ pub struct Commit {
 #[derive(Debug, Message)]
 #[rtype(result = "Arc<CatalogState>")]
 pub struct Snapshot;
+
+/// Reads the commits other writers (other nodes sharing the lake) made since this actor's
+/// snapshot, applies them and announces each as a commit notice; replies with the newest
+/// snapshot.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Arc<CatalogState>, CatalogError>")]
+pub struct Refresh;

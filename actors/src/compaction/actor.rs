@@ -316,6 +316,9 @@ impl Worker {
         let state = match committed {
             Ok(state) => state,
             Err(e) => {
+                if matches!(e, CatalogError::Fenced { .. }) {
+                    self.fences.note_refused();
+                }
                 // Refused commits wrote nothing: their outputs can go. After any other error
                 // the commit may have landed all the same (a put that succeeded and reported a
                 // failure), so the outputs stay; if the log does not reference them, the GC at

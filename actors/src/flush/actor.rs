@@ -102,6 +102,13 @@ impl Handler<Flush> for FlushActor {
                 crate::failpoint::hit_async("flush.after_write")
                     .await
                     .map_err(|e| FlushError::Storage(e.to_string()))?;
+                let written: Vec<String> = files
+                    .iter()
+                    .flat_map(|f| {
+                        std::iter::once(f.file.path.clone())
+                            .chain(f.file.index.as_ref().map(|r| r.path.clone()))
+                    })
+                    .collect();
                 let rows: u64 = files.iter().map(|f| f.file.rows).sum();
                 let bytes: u64 = files.iter().map(|f| f.file.size_bytes).sum();
                 let mut actions: Vec<Action> = files
@@ -116,8 +123,10 @@ impl Handler<Flush> for FlushActor {
                     table: table.clone(),
                     seq: max_seq,
                 });
+                // The fence first, so a stale owner is told it is fenced rather than that
+                // its rows are committed (by the new owner).
                 if let Some(epoch) = epoch {
-                    actions.push(Action::StreamRange {
+                    actions.insert(0, Action::StreamRange {
                         table: table.clone(),
                         epoch,
                         first: crate::ids::stream_seq_of(min_seq),
@@ -143,6 +152,15 @@ impl Handler<Flush> for FlushActor {
                             .map_err(|e| FlushError::Mailbox(e.to_string()));
                     }
                     Err(e @ CatalogError::Fenced { .. }) => {
+                        // Another node owns the shard now: what was written is never
+                        // committed, and goes.
+                        fences.note_refused();
+                        tracing::warn!(table = %table, error = %e, "flush refused: this node's shard epoch is stale");
+                        for path in &written {
+                            let _ = storage
+                                .delete(&object_store::path::Path::from(path.as_str()))
+                                .await;
+                        }
                         return Err(FlushError::Fenced(e.to_string()));
                     }
                     Err(e) => return Err(FlushError::Catalog(e.to_string())),

@@ -10,7 +10,7 @@ use actix::{
 };
 use tokio::sync::oneshot;
 
-use super::messages::{FlushTable, Insert, MemSnapshot, Read};
+use super::messages::{DropTable, FlushTable, Insert, MemSnapshot, Read};
 use super::{MemoryGauge, Memtable};
 use crate::catalog::CatalogState;
 use crate::flush::FlushError;
@@ -313,5 +313,33 @@ impl Handler<FlushTable> for MemtableActor {
             rx.await
                 .unwrap_or_else(|_| Err(FlushError::Mailbox("memtable actor stopped".into())))
         })
+    }
+}
+
+impl Handler<DropTable> for MemtableActor {
+    type Result = usize;
+
+    fn handle(&mut self, msg: DropTable, _ctx: &mut Self::Context) -> usize {
+        let Some(mems) = self.tables.remove(&msg.table) else {
+            return 0;
+        };
+        let freed: usize = mems
+            .frozen
+            .iter()
+            .chain(mems.active.iter())
+            .map(|m| m.bytes())
+            .sum();
+        self.gauge.sub(freed);
+        if mems.failures > 0 {
+            self.gauge.flush_recovered();
+        }
+        for (_, w) in mems.waiters {
+            let _ = w.send(Err(FlushError::Fenced(msg.reason.clone())));
+        }
+        tracing::info!(table = %msg.table, bytes = freed, reason = %msg.reason, "memtables dropped");
+        // A flush in flight finds no table when it returns and changes nothing; freeing the
+        // rows happens off this thread.
+        tokio::task::spawn_blocking(move || drop((mems.active, mems.frozen)));
+        freed
     }
 }

@@ -67,3 +67,15 @@ pub struct FlushTable {
     /// The table.
     pub table: TableRef,
 }
+
+/// Forgets a table's memtables, flushed or not, and fails the flushes waiting on them: in
+/// cluster mode, once this node lost the table's shard (its rows are still in the replicated
+/// log, which the new owner reads). Replies with the bytes freed.
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct DropTable {
+    /// The table.
+    pub table: TableRef,
+    /// Why, for the waiters' error.
+    pub reason: String,
+}

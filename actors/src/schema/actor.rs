@@ -12,7 +12,8 @@ use actix::{
 use super::error::SchemaError;
 use super::evolve;
 use super::messages::{
-    CreateTable, Created, Evolve, Evolved, GetTable, ListTables, TableInfo, Validate, Validated,
+    CreateTable, Created, Evolve, Evolved, GetTable, ListTables, Sync, TableInfo, Validate,
+    Validated,
 };
 use super::translate::{BatchLimits, parse_batch};
 use super::types::{Evolution, TableSchema};
@@ -249,6 +250,29 @@ impl Handler<CreateTable> for SchemaActor {
                 })
             }),
         ))
+    }
+}
+
+impl Handler<Sync> for SchemaActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Sync, _ctx: &mut Self::Context) -> Self::Result {
+        for (table, entry) in &msg.state.tables {
+            let behind = self
+                .tables
+                .get(table)
+                .is_none_or(|i| i.version < entry.schema_version);
+            if behind {
+                self.tables.insert(
+                    table.clone(),
+                    TableInfo {
+                        table: table.clone(),
+                        version: entry.schema_version,
+                        schema: entry.schema.clone(),
+                    },
+                );
+            }
+        }
     }
 }
 

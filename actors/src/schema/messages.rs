@@ -125,3 +125,12 @@ impl fmt::Debug for Validated {
             .finish()
     }
 }
+
+/// Brings the registry up to a catalog snapshot: tables created, and schema versions made, by
+/// other nodes sharing the lake. Entries already at or past the snapshot's version are kept.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Sync {
+    /// The catalog as read now.
+    pub state: Arc<crate::catalog::CatalogState>,
+}

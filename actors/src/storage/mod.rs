@@ -4,10 +4,16 @@
 //! returns has its file and its directory entries on disk; object stores such as S3 are durable
 //! when the `PUT` returns. Callers rely on that: files are written first and committed to the
 //! catalog second.
+//!
+//! [`s3`] opens S3 and S3-compatible buckets ([`Storage::s3`]) and parses lake URLs
+//! ([`StoreUrl`]); [`Storage::probe`] checks at startup that the store answers.
 
 pub mod index;
 pub mod mvcc;
 pub mod parquet;
+pub mod s3;
+
+pub use s3::{S3Settings, StoreUrl};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,6 +54,17 @@ pub enum StorageError {
         #[source]
         source: ::parquet::errors::ParquetError,
     },
+    /// A storage URL or setting is invalid.
+    #[error("invalid storage configuration: {0}")]
+    Config(String),
+    /// The store failed its reachability probe ([`Storage::probe`]).
+    #[error("{target} {problem}")]
+    Unavailable {
+        /// The store: "S3 bucket `b` at https://..." or its description.
+        target: String,
+        /// What went wrong, in words, with the underlying error.
+        problem: String,
+    },
 }
 
 /// Whether a create-only put won.
@@ -64,6 +81,8 @@ pub enum PutOutcome {
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
     description: String,
+    /// A client with short timeouts for [`Storage::probe`]; `None` probes through `store`.
+    probe: Option<Arc<s3::Probe>>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -92,6 +111,7 @@ impl Storage {
         Ok(Self {
             store: Arc::new(store),
             description: format!("file://{}", root.display()),
+            probe: None,
         })
     }
 
@@ -100,6 +120,7 @@ impl Storage {
         Self {
             store,
             description: description.into(),
+            probe: None,
         }
     }
 
@@ -155,7 +176,12 @@ impl Storage {
             .await
         {
             Ok(_) => Ok(PutOutcome::Created),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::AlreadyExists),
+            // S3 answers a lost `If-None-Match: *` with 412, which object_store 0.14 wraps in
+            // `AlreadyExists`; a bare `Precondition` is taken the same way for stores that do not.
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(PutOutcome::AlreadyExists),
             Err(source) => Err(Self::err(path)(source)),
         }
     }

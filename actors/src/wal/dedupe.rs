@@ -134,6 +134,20 @@ pub struct Dedupe {
 }
 
 impl Dedupe {
+    /// An empty index that is never saved: a cluster node, whose replicated log recognises
+    /// retries itself.
+    pub fn in_memory(config: DedupeConfig) -> Dedupe {
+        Dedupe {
+            config,
+            path: PathBuf::new(),
+            map: HashMap::new(),
+            len: 0,
+            order: VecDeque::new(),
+            saved: HashMap::new(),
+            evicted: 0,
+        }
+    }
+
     /// An index whose snapshot lives at `path`; loads it if it exists. A snapshot that does not
     /// parse refuses to start: duplicates could otherwise be stored twice.
     pub fn open(path: PathBuf, config: DedupeConfig, now_us: i64) -> Result<Dedupe, WalError> {
