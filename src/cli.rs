@@ -24,7 +24,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Runs a standalone node: HTTP ingest and queries, local WAL, local Parquet lake.
+    /// Runs a node: standalone by default (HTTP ingest and queries, local WAL, local Parquet
+    /// lake), or in cluster roles (--role) over NATS and a shared store.
     Serve(ServeArgs),
     /// Development tokens.
     #[command(subcommand)]

@@ -258,7 +258,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             None => None,
         };
         let mut webhook_stats = Vec::new();
-        for webhook in webhooks {
+        // In a cluster, notification nodes deliver webhooks (each from its own cursor).
+        let delivers = roles.is_none_or(|r| r.notification);
+        if !delivers && !webhooks.is_empty() {
+            tracing::warn!("[[webhooks]] are delivered by notification nodes only; ignored on this node");
+        }
+        for webhook in webhooks.into_iter().filter(|_| delivers) {
             let stats = std::sync::Arc::new(Default::default());
             webhook_stats.push((webhook.name.clone(), std::sync::Arc::clone(&stats)));
             actix::spawn(alluvium_pipelines::notification::webhooks::deliver(

@@ -9,9 +9,10 @@
 //! read only above the catalog's committed sequence.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use alluvium_actors::auth::{Principal, Scope};
-use alluvium_actors::catalog::messages::Snapshot;
+use alluvium_actors::catalog::messages::{Refresh, Snapshot};
 use alluvium_actors::catalog::{DataFile, Pin, checkpoint};
 use alluvium_actors::ids::{Seq, TableRef};
 use alluvium_actors::memtable::messages::{MemSnapshot, Read};
@@ -28,6 +29,7 @@ use arrow::compute::{
 use arrow::datatypes::SchemaRef;
 use serde::Deserialize;
 
+use crate::cluster::fresh::Freshness;
 use crate::filter::{Filter, FilterSpec};
 use crate::scan::{FileScan, ScanStats};
 use crate::{Node, PipelineError};
@@ -101,6 +103,8 @@ pub struct QueryResult {
     pub stats: ScanStats,
     /// The Arrow schema of the rows (also when there are none).
     pub schema: arrow::datatypes::SchemaRef,
+    /// Where the rows not yet in files came from (`Alluvium-Fresh-Rows`).
+    pub fresh: Freshness,
 }
 
 pub(crate) const HIDDEN: [&str; 3] = [SEQ_COLUMN, OP_COLUMN, INGESTED_AT_COLUMN];
@@ -157,13 +161,23 @@ pub(crate) struct TableSnapshot {
     pub schema: Option<Arc<TableSchema>>,
     /// Keeps the files of that version on the store while the read runs.
     pub _pin: Pin,
+    /// Where the memtable rows came from.
+    pub fresh: crate::cluster::fresh::Freshness,
 }
+
+/// How long a read waits for the shard owner's memtable rows.
+const OWNER_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Node {
     /// Takes a table's snapshot: the memtables first, then the catalog. A frozen memtable is
     /// dropped only after its files are committed, so in this order every event is in one of
     /// the two (events in both are read from the files).
     pub(crate) async fn snapshot(&self, table: &TableRef) -> Result<TableSnapshot, PipelineError> {
+        if let Some(cluster) = &self.cluster
+            && self.fences.epoch(table).is_err()
+        {
+            return self.snapshot_from_owner(table, cluster).await;
+        }
         let mem = self
             .memtable
             .send(Read {
@@ -183,6 +197,86 @@ impl Node {
             schema,
             catalog_version: state.version,
             _pin: pin,
+            fresh: Freshness::Local,
+        })
+    }
+
+    /// A snapshot on a node that does not own the table's shard: committed files read here,
+    /// memtable rows from the owner (see [`crate::cluster::fresh`]).
+    async fn snapshot_from_owner(
+        &self,
+        table: &TableRef,
+        cluster: &crate::cluster::ClusterNode,
+    ) -> Result<TableSnapshot, PipelineError> {
+        let owner = cluster
+            .leases
+            .owner(table.tenant.as_str(), table.table.as_str())
+            .await;
+        let answer = match owner {
+            Ok(Some(holder)) => crate::cluster::fresh::fetch(
+                &cluster.connection.client,
+                &holder.query_subject,
+                table,
+                OWNER_TIMEOUT,
+            )
+            .await
+            .map(|rows| (holder.node, rows)),
+            Ok(None) => Err("no node owns the shard now (a takeover may be under way)".into()),
+            Err(e) => Err(format!("cannot look up the shard's owner: {e}")),
+        };
+        let (fresh, rows) = match answer {
+            Ok((node, rows)) => (Freshness::Owner(node), Some(rows)),
+            Err(reason) => {
+                tracing::debug!(table = %table, reason, "reading committed rows only");
+                (Freshness::CommittedOnly(reason), None)
+            }
+        };
+        // This node's catalog catches up with the owner's before the files are listed.
+        let mut state = self.catalog.send(Snapshot).await?;
+        if let Some(rows) = &rows {
+            for _ in 0..40 {
+                if state.version >= rows.catalog_version {
+                    break;
+                }
+                if let Ok(Ok(newer)) = self.catalog.send(Refresh).await {
+                    state = newer;
+                }
+                if state.version < rows.catalog_version {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            if state.version < rows.catalog_version {
+                return Err(PipelineError::Unavailable(format!(
+                    "the catalog here is at version {}, behind the owner's {}",
+                    state.version, rows.catalog_version
+                )));
+            }
+        }
+        let pin = self.pins.pin(state.version);
+        let Some(entry) = state.table(table) else {
+            return Err(PipelineError::VersionUnavailable(format!(
+                "table {table} is not in the catalog"
+            )));
+        };
+        let mem = match rows {
+            Some(rows) => {
+                let (memtables, upto) =
+                    crate::cluster::fresh::memtables(rows.records, entry.committed_seq, |v| {
+                        entry.schema_at(v).cloned()
+                    })
+                    .map_err(PipelineError::Unavailable)?;
+                MemSnapshot { memtables, upto }
+            }
+            None => MemSnapshot::default(),
+        };
+        Ok(TableSnapshot {
+            mem,
+            files: entry.files.clone(),
+            committed: entry.committed_seq,
+            schema: Some(entry.schema.clone()),
+            catalog_version: state.version,
+            _pin: pin,
+            fresh,
         })
     }
 
@@ -229,6 +323,7 @@ impl Node {
             schema: Some(entry.schema.clone()),
             catalog_version: version,
             _pin: pin,
+            fresh: Freshness::Local,
         })
     }
 
@@ -304,6 +399,7 @@ impl Node {
             committed,
             catalog_version,
             _pin,
+            fresh,
             ..
         } = snapshot;
 
@@ -407,6 +503,7 @@ impl Node {
             batches,
             catalog_version,
             stats,
+            fresh,
         })
     }
 }

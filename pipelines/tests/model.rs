@@ -69,6 +69,8 @@ fn config(dir: &Path) -> NodeConfig {
         dedupe: Default::default(),
         jwt: JwtConfig::default(),
         bootstrap_key: Some(KEY.into()),
+        storage: None,
+        cluster: None,
     }
 }
 

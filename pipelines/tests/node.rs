@@ -34,6 +34,8 @@ fn config(dir: &Path, budget: usize) -> NodeConfig {
         dedupe: Default::default(),
         jwt: JwtConfig::default(),
         bootstrap_key: Some(KEY.into()),
+        storage: None,
+        cluster: None,
     }
 }
 

@@ -383,6 +383,7 @@ pub async fn query(
     let format = OutputFormat::of(&req);
     let result = state.node.query(&principal, &table, request).await?;
     let version = result.catalog_version.to_string();
+    let fresh = result.fresh.header();
     let out = web::block(move || -> std::result::Result<Vec<u8>, String> {
         if explain {
             // Rows and the plan's counts together, as one JSON object.
@@ -453,6 +454,7 @@ pub async fn query(
     Ok(HttpResponse::Ok()
         .content_type(ctype)
         .insert_header(("Alluvium-Catalog-Version", version))
+        .insert_header(("Alluvium-Fresh-Rows", fresh))
         .body(out))
 }
 

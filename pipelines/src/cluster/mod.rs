@@ -17,6 +17,7 @@
 //! ([`alluvium_actors::ids::cluster_seq`]), so they grow with the log and a batch holds at most
 //! 2^20 events.
 
+pub mod fresh;
 pub mod log;
 pub mod shards;
 
@@ -127,8 +128,9 @@ pub struct ClusterNode {
     pub connection: alluvium_nats::Connection,
     /// Counters of the shards it owns.
     pub shards: std::sync::Arc<shards::ShardStats>,
-    /// The lease bucket (processing nodes).
-    pub leases: Option<alluvium_nats::lease::ShardLeases>,
+    /// The lease bucket: where readers find a shard's owner; processing nodes also keep their
+    /// leases in it.
+    pub leases: alluvium_nats::lease::ShardLeases,
 }
 
 impl ClusterNode {
@@ -185,17 +187,24 @@ pub(crate) async fn start(
     ));
 
     let stats = std::sync::Arc::new(shards::ShardStats::default());
-    let leases = if config.roles.processing {
-        let query_subject = subjects
-            .query(&config.node_id)
-            .map_err(|e| E::Unavailable(format!("[node] id: {e}")))?;
-        let mut settings =
-            alluvium_nats::lease::LeaseSettings::new(config.node_id.clone(), query_subject);
-        settings.ttl = config.lease_ttl;
-        settings.replicas = config.lease_replicas.max(1);
-        let leases = alluvium_nats::lease::ShardLeases::open(js.clone(), settings)
-            .await
-            .map_err(|e| E::Unavailable(format!("shard leases on {url}: {e}")))?;
+    let query_subject = subjects
+        .query(&config.node_id)
+        .map_err(|e| E::Unavailable(format!("[node] id: {e}")))?;
+    let mut settings =
+        alluvium_nats::lease::LeaseSettings::new(config.node_id.clone(), query_subject.clone());
+    settings.ttl = config.lease_ttl;
+    settings.replicas = config.lease_replicas.max(1);
+    let leases = alluvium_nats::lease::ShardLeases::open(js.clone(), settings)
+        .await
+        .map_err(|e| E::Unavailable(format!("shard leases on {url}: {e}")))?;
+    if config.roles.processing {
+        actix::spawn(fresh::serve(
+            connection.client.clone(),
+            query_subject,
+            parts.memtable.clone(),
+            parts.catalog.clone(),
+            parts.fences.clone(),
+        ));
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
         actix::spawn(
             leases
@@ -218,10 +227,7 @@ pub(crate) async fn start(
             parts.notices.subscribe(),
             stats.clone(),
         ));
-        Some(leases)
-    } else {
-        None
-    };
+    }
     tracing::info!(roles = %config.roles.names(), node = %config.node_id, nats = %url, "cluster node started");
     Ok((
         log,
