@@ -671,6 +671,36 @@ mod tests {
     }
 
     #[test]
+    fn shipped_cluster_configs_load_with_their_roles() {
+        for role in ["ingest", "processing", "notification"] {
+            let f = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("deployments/cluster/{role}.toml"));
+            let c = Config::load(Some(&f), Vec::new()).unwrap();
+            assert_eq!(c.node.role.as_deref(), Some(role));
+            assert_eq!(c.nats.stream_replicas, 3);
+            assert_eq!(c.store.url.as_deref(), Some("s3://alluvium-lake/prod"));
+            assert_eq!(c.cluster.lease_ttl, HumanDuration(Duration::from_secs(10)));
+            let roles = crate::server::cluster_roles(&c).unwrap().unwrap();
+            assert_eq!(roles.names(), role);
+        }
+        let c = Config::load(
+            None,
+            env(&[
+                ("ALLUVIUM_STORE__SECRET_ACCESS_KEY", "very-secret"),
+                ("ALLUVIUM_CLUSTER__LEASE_TTL", "3s"),
+            ]),
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("very-secret"));
+        assert_eq!(c.cluster.lease_ttl, HumanDuration(Duration::from_secs(3)));
+        assert_eq!(
+            crate::server::cluster_roles(&c).unwrap(),
+            None,
+            "standalone by default"
+        );
+    }
+
+    #[test]
     fn sizes_and_durations_parse() {
         assert_eq!("64MiB".parse::<ByteSize>().unwrap(), ByteSize(64 << 20));
         assert_eq!("10 kb".parse::<ByteSize>().unwrap(), ByteSize(10_000));

@@ -178,13 +178,27 @@ impl Node {
         {
             return self.snapshot_from_owner(table, cluster).await;
         }
-        let mem = self
-            .memtable
-            .send(Read {
-                table: table.clone(),
-            })
-            .await?;
-        let state = self.catalog.send(Snapshot).await?;
+        let (mem, state) = match &self.cluster {
+            // The owner: what the log holds for the table first reaches the memtables.
+            Some(cluster) => crate::cluster::fresh::caught_up(
+                &cluster.connection.client,
+                &cluster.subjects,
+                table,
+                &self.memtable,
+                &self.catalog,
+            )
+            .await
+            .map_err(PipelineError::Unavailable)?,
+            None => {
+                let mem = self
+                    .memtable
+                    .send(Read {
+                        table: table.clone(),
+                    })
+                    .await?;
+                (mem, self.catalog.send(Snapshot).await?)
+            }
+        };
         let pin = self.pins.pin(state.version);
         let (files, committed, schema) = match state.table(table) {
             Some(e) => (e.files.clone(), e.committed_seq, Some(e.schema.clone())),

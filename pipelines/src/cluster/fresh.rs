@@ -82,6 +82,7 @@ const ERROR_HEADER: &str = "Alluvium-Fresh-Error";
 pub async fn serve(
     client: async_nats::Client,
     subject: String,
+    subjects: alluvium_nats::Subjects,
     memtable: Addr<MemtableActor>,
     catalog: Addr<CatalogActor>,
     fences: Fences,
@@ -97,14 +98,24 @@ pub async fn serve(
         let Some(reply) = msg.reply.clone() else {
             continue;
         };
-        let (client, memtable, catalog, fences) = (
+        let (client, memtable, catalog, fences, subjects) = (
             client.clone(),
             memtable.clone(),
             catalog.clone(),
             fences.clone(),
+            subjects.clone(),
         );
         actix::spawn(async move {
-            let chunks = match answer(&msg.payload, &memtable, &catalog, &fences, &client).await {
+            let chunks = match answer(
+                &msg.payload,
+                &memtable,
+                &catalog,
+                &fences,
+                &client,
+                &subjects,
+            )
+            .await
+            {
                 Ok(chunks) => chunks,
                 Err(e) => {
                     let mut h = HeaderMap::new();
@@ -127,12 +138,68 @@ pub async fn serve(
     }
 }
 
+/// How long an owner waits for its memtables to reach the end of the shard's log.
+const CATCH_UP: Duration = Duration::from_secs(3);
+
+/// The owner's memtables, then its catalog snapshot (the order of a local read, so no row
+/// falls between the two), once they hold every message the shard's log had when asked: a
+/// batch acknowledged before the read is in the answer (read your writes), unless the owner is
+/// more than [`CATCH_UP`] behind.
+pub async fn caught_up(
+    client: &async_nats::Client,
+    subjects: &alluvium_nats::Subjects,
+    table: &TableRef,
+    memtable: &Addr<MemtableActor>,
+    catalog: &Addr<CatalogActor>,
+) -> Result<
+    (
+        alluvium_actors::memtable::messages::MemSnapshot,
+        Arc<alluvium_actors::catalog::CatalogState>,
+    ),
+    String,
+> {
+    let target = match subjects.log(table.tenant.as_str(), table.table.as_str()) {
+        Ok(subject) => {
+            let js = alluvium_nats::async_nats::jetstream::new(client.clone());
+            match js
+                .get_stream_no_info(alluvium_nats::jetstream::INGEST_STREAM)
+                .await
+            {
+                Ok(stream) => stream
+                    .direct_get_last_for_subject(subject)
+                    .await
+                    .ok()
+                    .map(|m| alluvium_actors::ids::cluster_seq(m.sequence, 0)),
+                Err(_) => None,
+            }
+        }
+        Err(_) => None,
+    };
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    loop {
+        let mem = memtable
+            .send(Read {
+                table: table.clone(),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let state = catalog.send(Snapshot).await.map_err(|e| e.to_string())?;
+        let committed = state.table(table).map_or(0, |e| e.committed_seq);
+        let reached = target.is_none_or(|t| mem.upto.max(committed) >= t);
+        if reached || tokio::time::Instant::now() >= deadline {
+            return Ok((mem, state));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn answer(
     payload: &[u8],
     memtable: &Addr<MemtableActor>,
     catalog: &Addr<CatalogActor>,
     fences: &Fences,
     client: &async_nats::Client,
+    subjects: &alluvium_nats::Subjects,
 ) -> Result<Vec<(HeaderMap, Bytes)>, String> {
     let req: FreshRequest =
         serde_json::from_slice(payload).map_err(|e| format!("bad request: {e}"))?;
@@ -143,14 +210,7 @@ async fn answer(
     fences
         .epoch(&table)
         .map_err(|_| format!("this node does not own the shard of {table}"))?;
-    // Memtables first, then the catalog, as a local read does.
-    let mem = memtable
-        .send(Read {
-            table: table.clone(),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    let state = catalog.send(Snapshot).await.map_err(|e| e.to_string())?;
+    let (mem, state) = caught_up(client, subjects, &table, memtable, catalog).await?;
     let committed = state.table(&table).map_or(0, |e| e.committed_seq);
     let mut records = Vec::new();
     for m in &mem.memtables {

@@ -126,6 +126,8 @@ pub struct ClusterNode {
     pub node_id: String,
     /// The NATS connection of the log, the leases and the catalog refresh.
     pub connection: alluvium_nats::Connection,
+    /// The subject grammar.
+    pub subjects: alluvium_nats::Subjects,
     /// Counters of the shards it owns.
     pub shards: std::sync::Arc<shards::ShardStats>,
     /// The lease bucket: where readers find a shard's owner; processing nodes also keep their
@@ -168,6 +170,7 @@ pub(crate) async fn start(
     let subjects =
         alluvium_nats::Subjects::new(&config.prefix).map_err(|e| E::Unavailable(e.to_string()))?;
     let js = jetstream::new(connection.client.clone());
+    let subjects_for_node = subjects.clone();
     let log = if config.roles.ingest {
         Some(
             log::ReplicatedLog::open(connection.client.clone(), subjects.clone(), &config.log)
@@ -201,6 +204,7 @@ pub(crate) async fn start(
         actix::spawn(fresh::serve(
             connection.client.clone(),
             query_subject,
+            subjects.clone(),
             parts.memtable.clone(),
             parts.catalog.clone(),
             parts.fences.clone(),
@@ -234,6 +238,7 @@ pub(crate) async fn start(
         ClusterNode {
             roles: config.roles,
             node_id: config.node_id,
+            subjects: subjects_for_node,
             connection,
             shards: stats,
             leases,
@@ -278,5 +283,26 @@ async fn refresh_catalog(
                 .collect();
             wanted.send_replace(shards);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_parse_and_refuse_unknown_ones() {
+        assert_eq!(Roles::parse("all").unwrap(), None);
+        let r = Roles::parse("ingest, processing").unwrap().unwrap();
+        assert!(r.ingest && r.processing && !r.notification);
+        assert_eq!(r.names(), "ingest,processing");
+        assert!(
+            Roles::parse("ingester")
+                .unwrap_err()
+                .contains("unknown role \"ingester\"")
+        );
+        assert!(Roles::parse("all,ingest").is_err());
+        assert!(Roles::parse("").is_err());
     }
 }
