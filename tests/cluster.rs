@@ -103,18 +103,20 @@ fn ndjson(ids: std::ops::Range<i64>, src: &str) -> Vec<u8> {
 }
 
 /// Commit events in stream ALLUVIUM_EVENTS: (ids, rows added by `flushed` events per table).
-async fn commit_events(url: &str) -> (Vec<String>, BTreeMap<String, u64>) {
-    let client = async_nats::connect(url).await.unwrap();
+/// `None` while JetStream does not answer (a NATS server was just killed: it elects new
+/// leaders).
+async fn commit_events(url: &str) -> Option<(Vec<String>, BTreeMap<String, u64>)> {
+    let client = async_nats::connect(url).await.ok()?;
     let js = jetstream::new(client);
-    let stream = js.get_stream("ALLUVIUM_EVENTS").await.unwrap();
+    let stream = js.get_stream("ALLUVIUM_EVENTS").await.ok()?;
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig::default())
         .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap();
+        .ok()?;
+    let mut messages = consumer.messages().await.ok()?;
     let (mut ids, mut rows) = (Vec::new(), BTreeMap::new());
     while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(3), messages.next()).await {
-        let ev: Value = serde_json::from_slice(&m.unwrap().payload).unwrap();
+        let ev: Value = serde_json::from_slice(&m.ok()?.payload).unwrap();
         ids.push(ev["id"].as_str().unwrap().to_string());
         if ev["kind"] == "flushed" {
             *rows
@@ -122,7 +124,7 @@ async fn commit_events(url: &str) -> (Vec<String>, BTreeMap<String, u64>) {
                 .or_insert(0) += ev["rows_added"].as_u64().unwrap();
         }
     }
-    (ids, rows)
+    Some((ids, rows))
 }
 
 /// 100 000 events over HTTP (two ingest nodes) and NATS, while one processing node, then one
@@ -303,8 +305,8 @@ fn kills_under_load_lose_and_double_nothing() {
     let url = nats.servers[0].url();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let rows_per_table = total as u64 / TABLES.len() as u64;
-    let announced = wait_for(Duration::from_secs(30), || {
-        let (ids, rows) = rt.block_on(commit_events(&url));
+    let announced = wait_for(Duration::from_secs(60), || {
+        let (ids, rows) = rt.block_on(commit_events(&url))?;
         let all = rows.values().sum::<u64>();
         (all >= total as u64).then_some((ids, rows))
     });
