@@ -55,6 +55,24 @@ fn schema() -> Value {
     json!({"fields": [{"name": "id", "type": "int64"}, {"name": "src", "type": "utf8"}]})
 }
 
+/// One nats-server, moto with bucket `lake`, and the settings of nodes that keep rows in
+/// memtables until asked to flush.
+fn small_cluster() -> (
+    tempfile::TempDir,
+    MotoServer,
+    NatsServer,
+    Vec<(String, String)>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = MotoServer::start();
+    moto.create_bucket("lake");
+    let nats = NatsServer::start(&dir.path().join("nats"));
+    let mut env = cluster_env(&moto, &nats.url(), "1");
+    env.retain(|(k, _)| k != "ALLUVIUM_MEMTABLE__FREEZE_AGE");
+    env.push(("ALLUVIUM_MEMTABLE__FREEZE_AGE".into(), "10m".into()));
+    (dir, moto, nats, env)
+}
+
 /// Ids stored in `table`, read from `server`; asserts there are no duplicates.
 fn stored_ids(server: &Server, table: &str) -> Vec<i64> {
     let rows = query_all(server, ADMIN_KEY, table, &json!({"columns": ["id"]}));
@@ -328,14 +346,8 @@ fn kills_under_load_lose_and_double_nothing() {
 /// written files are removed), and no row is lost or doubled.
 #[test]
 fn a_stale_owner_cannot_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let moto = MotoServer::start();
-    moto.create_bucket("lake");
-    let nats = NatsServer::start(&dir.path().join("nats"));
-    let mut env = cluster_env(&moto, &nats.url(), "1");
     // Rows stay in memtables until the test asks.
-    env.retain(|(k, _)| k != "ALLUVIUM_MEMTABLE__FREEZE_AGE");
-    env.push(("ALLUVIUM_MEMTABLE__FREEZE_AGE".into(), "10m".into()));
+    let (dir, _moto, _nats, env) = small_cluster();
     let ingest = node(dir.path(), "ingest", "ingest", &env);
     create_table(&ingest, ADMIN_KEY, "t", &schema());
     // The stale node's first flush stops for 3 s between writing its files and committing.
@@ -533,13 +545,7 @@ fn bad_cluster_settings_refuse_to_start_and_write_nothing() {
 /// takeover the new owner's rows (rebuilt from the log) are read again.
 #[test]
 fn queries_on_any_node_include_the_owners_fresh_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let moto = MotoServer::start();
-    moto.create_bucket("lake");
-    let nats = NatsServer::start(&dir.path().join("nats"));
-    let mut env = cluster_env(&moto, &nats.url(), "1");
-    env.retain(|(k, _)| k != "ALLUVIUM_MEMTABLE__FREEZE_AGE");
-    env.push(("ALLUVIUM_MEMTABLE__FREEZE_AGE".into(), "10m".into()));
+    let (dir, _moto, _nats, env) = small_cluster();
     let ingest = node(dir.path(), "ingest", "ingest", &env);
     create_table(&ingest, ADMIN_KEY, "t", &schema());
     let mut owner = node(dir.path(), "owner", "processing", &env);

@@ -179,33 +179,33 @@ async fn serve_shard(ctx: ShardContext, table: TableRef, stats: Arc<ShardStats>)
 
 /// Commits a claim with the next epoch; returns it and the first stream sequence to read.
 async fn claim(ctx: &ShardContext, table: &TableRef) -> Result<(u64, u64), String> {
-    let state = ctx
-        .catalog
-        .send(Refresh)
-        .await
+    let shard = |state: &CatalogState| {
+        state
+            .table(table)
+            .map(|e| e.shard.clone())
+            .ok_or_else(|| format!("table {table} is not in the catalog"))
+    };
+    let state = flatten(ctx.catalog.send(Refresh).await)?;
+    let epoch = shard(&state)?.epoch + 1;
+    let commit = Commit {
+        operation: "claim_shard",
+        actions: vec![Action::ClaimShard {
+            table: table.clone(),
+            epoch,
+            owner: ctx.node_id.clone(),
+        }],
+    };
+    let state = flatten(ctx.catalog.send(commit).await)?;
+    Ok((epoch, shard(&state)?.stream_seq + 1))
+}
+
+/// A catalog answer, or why there is none, in words.
+fn flatten<T, E: std::fmt::Display>(
+    answer: Result<Result<T, E>, actix::MailboxError>,
+) -> Result<T, String> {
+    answer
         .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    let entry = state
-        .table(table)
-        .ok_or_else(|| format!("table {table} is not in the catalog"))?;
-    let epoch = entry.shard.epoch + 1;
-    let state = ctx
-        .catalog
-        .send(Commit {
-            operation: "claim_shard",
-            actions: vec![Action::ClaimShard {
-                table: table.clone(),
-                epoch,
-                owner: ctx.node_id.clone(),
-            }],
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    let entry = state
-        .table(table)
-        .ok_or_else(|| format!("table {table} is not in the catalog"))?;
-    Ok((epoch, entry.shard.stream_seq + 1))
+        .map_err(|e| e.to_string())
 }
 
 /// Reads the shard's log from stream sequence `from` into memtables until the consumer fails;
@@ -301,13 +301,7 @@ async fn schema_for(
         if attempt > 0 {
             tokio::time::sleep(RETRY).await;
         }
-        *state = Some(
-            ctx.catalog
-                .send(Refresh)
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?,
-        );
+        *state = Some(flatten(ctx.catalog.send(Refresh).await)?);
     }
     Err(format!(
         "table {table} has no schema version {version} in the catalog"
