@@ -25,4 +25,5 @@ pub mod memtable;
 pub mod row;
 pub mod schema;
 pub mod storage;
+pub mod trace;
 pub mod wal;

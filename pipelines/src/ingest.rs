@@ -19,6 +19,7 @@ use alluvium_actors::wal::dedupe::{IdempotencyKey, body_hash};
 use alluvium_actors::wal::messages::{Append, Durability, Durable};
 use bytes::Bytes;
 use serde::Serialize;
+use tracing::Instrument as _;
 
 use crate::{Node, PipelineError};
 
@@ -114,6 +115,7 @@ impl Node {
             .send(Authenticate {
                 credential: credential.to_string(),
             })
+            .instrument(tracing::info_span!("auth"))
             .await??)
     }
 
@@ -174,6 +176,7 @@ impl Node {
                 body: request.body.clone(),
                 format: request.format,
             })
+            .instrument(tracing::info_span!("schema_validate", table = %table))
             .await?
         {
             Ok(v) => v,
@@ -191,6 +194,7 @@ impl Node {
                     validated.rows,
                     key.as_ref(),
                 )
+                .instrument(tracing::info_span!("log_append", table = %table))
                 .await?;
             return Ok(IngestAck {
                 accepted: (appended.last_seq + 1 - appended.first_seq) as usize,
@@ -205,6 +209,8 @@ impl Node {
                 "this node has no ingest role: send batches to an ingest node".into(),
             ));
         };
+        let rows = validated.rows.len();
+        let span = tracing::info_span!("wal_append", table = %table, rows);
         let durable = wal
             .send(Append {
                 table,
@@ -213,7 +219,9 @@ impl Node {
                 rows: validated.rows,
                 durability: request.durability,
                 idempotency_key: key,
+                trace: span.in_scope(alluvium_actors::trace::current),
             })
+            .instrument(span)
             .await??;
         Ok(IngestAck::from_durable(durable, request.durability))
     }

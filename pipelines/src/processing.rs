@@ -20,6 +20,7 @@ use alluvium_actors::catalog::{self, CatalogActor, CatalogState, Fences, Pins};
 use alluvium_actors::compaction::{CompactionActor, CompactionConfig};
 use alluvium_actors::flush::{FlushActor, gc};
 use alluvium_actors::ids::{Seq, TableRef};
+use alluvium_actors::memtable::messages::Insert;
 use alluvium_actors::memtable::{MemoryGauge, MemtableActor, MemtableConfig};
 use alluvium_actors::schema::actor::SchemaActor;
 use alluvium_actors::schema::translate::BatchLimits;
@@ -395,14 +396,15 @@ fn recover(
             });
         };
         replayed += record.rows.len() as u64;
-        memtables.insert(
-            &record.table,
-            schema,
-            record.schema_version,
-            record.first_seq,
-            record.ingested_at_us,
-            record.rows,
-        );
+        memtables.insert(Insert {
+            table: record.table,
+            schema: schema.clone(),
+            schema_version: record.schema_version,
+            first_seq: record.first_seq,
+            ingested_at_us: record.ingested_at_us,
+            rows: record.rows,
+            trace: None,
+        });
         Ok(())
     })?;
     dedupe.sort();

@@ -67,6 +67,7 @@ impl Handler<Flush> for FlushActor {
         let catalog = self.catalog.clone();
         let fences = self.fences.clone();
         let span = tracing::info_span!("flush", table = %msg.table, rows = msg.memtable.len());
+        crate::trace::link(&span, msg.memtable.links());
         AtomicResponse::new(Box::pin(
             async move {
                 let started = std::time::Instant::now();

@@ -16,8 +16,6 @@ use crate::catalog::CatalogState;
 use crate::flush::FlushError;
 use crate::flush::messages::Flush;
 use crate::ids::{Seq, TableRef};
-use crate::row::Row;
-use crate::schema::TableSchema;
 
 /// The WAL sends one `Insert` per durable batch and waits for each: a deep mailbox lets a
 /// commit group of many small batches queue without stalling the WAL between them.
@@ -81,20 +79,21 @@ impl MemtableActor {
 
     /// Inserts rows with sequences `first_seq..`; returns true when the table's active memtable
     /// passed its size threshold and was frozen.
-    pub fn insert(
-        &mut self,
-        table: &TableRef,
-        schema: &Arc<TableSchema>,
-        schema_version: u32,
-        first_seq: Seq,
-        ingested_at_us: i64,
-        rows: Vec<Row>,
-    ) -> bool {
+    pub fn insert(&mut self, msg: Insert) -> bool {
+        let Insert {
+            table,
+            schema,
+            schema_version,
+            first_seq,
+            ingested_at_us,
+            rows,
+            trace,
+        } = msg;
         let n = rows.len() as u64;
         if n == 0 {
             return false;
         }
-        let mems = self.tables.entry(table.clone()).or_default();
+        let mems = self.tables.entry(table).or_default();
         let stale = mems
             .active
             .as_ref()
@@ -107,6 +106,9 @@ impl MemtableActor {
             self.next_id += 1;
             Arc::new(Memtable::new(id, schema.clone(), schema_version))
         });
+        if let Some(link) = trace {
+            active.add_link(link);
+        }
         let mut added = 0;
         for (i, row) in rows.into_iter().enumerate() {
             added += active.insert(first_seq + i as u64, ingested_at_us, row);
@@ -252,14 +254,7 @@ impl Handler<Insert> for MemtableActor {
 
     fn handle(&mut self, msg: Insert, ctx: &mut Self::Context) {
         let table = msg.table.clone();
-        let frozen = self.insert(
-            &msg.table,
-            &msg.schema,
-            msg.schema_version,
-            msg.first_seq,
-            msg.ingested_at_us,
-            msg.rows,
-        );
+        let frozen = self.insert(msg);
         // After a failed flush the retry timer drives the next attempt: a freeze must not
         // bypass the backoff and hammer a failing store at the rate of ingest.
         let backing_off = self.tables.get(&table).is_some_and(|m| m.failures > 0);

@@ -29,6 +29,8 @@ pub struct Insert {
     pub ingested_at_us: i64,
     /// The rows.
     pub rows: Vec<Row>,
+    /// The request the rows came from, for the flush span to link to.
+    pub trace: Option<crate::trace::TraceLink>,
 }
 
 impl fmt::Debug for Insert {

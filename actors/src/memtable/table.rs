@@ -63,6 +63,8 @@ pub struct Memtable {
     min_seq: AtomicU64,
     max_seq: AtomicU64,
     created: Instant,
+    /// The first requests whose rows are here (see [`crate::trace`]).
+    links: std::sync::Mutex<Vec<crate::trace::TraceLink>>,
 }
 
 impl Memtable {
@@ -78,7 +80,21 @@ impl Memtable {
             min_seq: AtomicU64::new(u64::MAX),
             max_seq: AtomicU64::new(0),
             created: Instant::now(),
+            links: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Remembers the request whose rows were just inserted, up to [`crate::trace::MAX_LINKS`].
+    pub fn add_link(&self, link: crate::trace::TraceLink) {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if links.len() < crate::trace::MAX_LINKS {
+            links.push(link);
+        }
+    }
+
+    /// The requests whose rows are here (the first [`crate::trace::MAX_LINKS`]).
+    pub fn links(&self) -> Vec<crate::trace::TraceLink> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Identifies this memtable among the table's memtables.

@@ -49,6 +49,7 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 struct Waiter {
     schema: Arc<TableSchema>,
     reply: Option<Reply>,
+    trace: Option<crate::trace::TraceLink>,
 }
 
 type Reply = oneshot::Sender<Result<Durable, WalError>>;
@@ -301,6 +302,7 @@ impl WalActor {
                                 first_seq: record.first_seq,
                                 ingested_at_us: record.ingested_at_us,
                                 rows: record.rows,
+                                trace: w.trace,
                             };
                             if let Err(e) = memtable.send(insert).await {
                                 lost = Some(e.to_string());
@@ -518,6 +520,7 @@ impl Handler<Append> for WalActor {
             self.waiters.push(Waiter {
                 schema: msg.schema,
                 reply: None,
+                trace: msg.trace,
             });
             self.start_commit(ctx);
             return Box::pin(async move { Ok(durable) });
@@ -526,6 +529,7 @@ impl Handler<Append> for WalActor {
         self.waiters.push(Waiter {
             schema: msg.schema,
             reply: Some(reply),
+            trace: msg.trace,
         });
         self.start_commit(ctx);
         Box::pin(async move {

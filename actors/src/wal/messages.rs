@@ -28,6 +28,8 @@ pub struct Append {
     /// The producer's idempotency key: a batch with a key seen within the window is answered
     /// with the first one's sequences and not stored again.
     pub idempotency_key: Option<super::dedupe::IdempotencyKey>,
+    /// The request's span, for the flush that lands the rows to link to.
+    pub trace: Option<crate::trace::TraceLink>,
 }
 
 /// The point at which an append is answered.

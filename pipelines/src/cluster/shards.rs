@@ -271,6 +271,7 @@ async fn consume(
                 first_seq: cluster_seq(stream_seq, 0),
                 ingested_at_us: record.ingested_at_us,
                 rows: record.rows,
+                trace: None,
             })
             .await
             .map_err(|e| format!("memtables unavailable: {e}"))?;
