@@ -140,6 +140,10 @@ struct ServeArgs {
     /// Default: the data directory.
     #[arg(long)]
     store: Option<String>,
+    /// On SIGTERM or SIGINT, write every memtable to Parquet before exiting (sets
+    /// `server.flush_on_exit`).
+    #[arg(long)]
+    flush_on_exit: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -224,6 +228,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let _guard = crate::telemetry::init("info", &config.telemetry)?;
             if let Some(listen) = args.listen {
                 config.server.listen = listen;
+            }
+            if args.flush_on_exit {
+                config.server.flush_on_exit = true;
             }
             if let Some(url) = args.nats_url {
                 config.nats.url = Some(url);

@@ -178,6 +178,15 @@ pub struct ServerConfig {
     pub body_limit: ByteSize,
     /// HTTP worker threads. Default: 0, meaning one per CPU core.
     pub workers: usize,
+    /// On SIGTERM or SIGINT, how long requests in flight get to finish before their
+    /// connections are closed. Default: `30s`.
+    pub shutdown_timeout: HumanDuration,
+    /// On SIGTERM or SIGINT, write every memtable to Parquet before exiting, so the next start
+    /// replays nothing (`--flush-on-exit`). Default: false.
+    pub flush_on_exit: bool,
+    /// Bound on each table's flush on exit; a table that misses it stays in the write-ahead
+    /// log and is replayed at the next start. Default: `30s`.
+    pub flush_on_exit_timeout: HumanDuration,
 }
 
 impl Default for ServerConfig {
@@ -186,6 +195,9 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit: ByteSize(16 << 20),
             workers: 0,
+            shutdown_timeout: HumanDuration(Duration::from_secs(30)),
+            flush_on_exit: false,
+            flush_on_exit_timeout: HumanDuration(Duration::from_secs(30)),
         }
     }
 }

@@ -273,6 +273,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 stats,
             ));
         }
+        let nats_link = nats.clone();
+        let node_handle = node.clone();
         let state = AppState {
             node,
             nats,
@@ -309,7 +311,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         if config.server.workers > 0 {
             server = server.workers(config.server.workers);
         }
+        let grace = config.server.shutdown_timeout.0;
         let server = server
+            .disable_signals()
+            .shutdown_timeout(grace.as_secs().max(1))
             .bind(config.server.listen)
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         for addr in server.addrs() {
@@ -317,6 +322,73 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             // A line for scripts and tests that start the server on port 0.
             println!("listening on http://{addr}");
         }
-        server.run().await.context("http server failed")
+        let server = server.run();
+        let handle = server.handle();
+        let running = actix::spawn(server);
+        let signal = stop_signal().await?;
+        let started = std::time::Instant::now();
+        tracing::info!(
+            signal,
+            grace_ms = millis(grace),
+            flush = config.server.flush_on_exit,
+            "shutting down: no new requests; the ones in flight finish"
+        );
+        actix::spawn(async {
+            if let Ok(signal) = stop_signal().await {
+                // Nothing acknowledged is lost: the log has it and the next start replays it.
+                tracing::warn!(signal, "second signal: exiting now");
+                std::process::exit(1);
+            }
+        });
+        // Stop taking work on both sources at once; each answers what it already took.
+        let nats_stopped = async {
+            if let Some(nats) = &nats_link
+                && !nats.stop_ingest(grace).await
+            {
+                tracing::warn!(
+                    "NATS ingest did not finish its messages in time; they will be delivered again"
+                );
+            }
+        };
+        tokio::join!(handle.stop(true), nats_stopped);
+        running
+            .await
+            .context("http server task failed")?
+            .context("http server failed")?;
+        let (flushed, unflushed) = node_handle
+            .shutdown(
+                config.server.flush_on_exit,
+                config.server.flush_on_exit_timeout.0,
+            )
+            .await
+            .context("shutdown failed")?;
+        if let Some(nats) = &nats_link {
+            nats.close(NATS_CLOSE_TIMEOUT).await;
+        }
+        tracing::info!(
+            elapsed_ms = millis(started.elapsed()),
+            flushed,
+            unflushed,
+            "alluvium stopped"
+        );
+        Ok(())
+    })
+}
+
+/// How long the NATS client gets to send what it buffers when the node stops.
+const NATS_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Waits for SIGTERM or SIGINT; returns its name.
+async fn stop_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
     })
 }

@@ -3,11 +3,13 @@
 //! NATS URL never builds one.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use alluvium_nats::async_nats::jetstream;
 use alluvium_nats::jetstream::{StreamSettings, ensure_stream, events_stream, rejects_stream};
 use alluvium_nats::{Connection, NatsConfig, NatsError, Subjects};
+use tokio::sync::watch;
 
 use crate::Node;
 use crate::notification::RejectSink;
@@ -51,6 +53,10 @@ pub struct NatsLink {
     pub ingest_stats: Arc<NatsIngestStats>,
     /// Counters of the publishers.
     pub publish_stats: Arc<PublishStats>,
+    /// Turned true by [`NatsLink::stop_ingest`].
+    stop: Arc<watch::Sender<bool>>,
+    /// The ingest source's task, until [`NatsLink::stop_ingest`] waits for it.
+    ingest: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl NatsLink {
@@ -63,6 +69,8 @@ impl NatsLink {
         ensure_stream(&js, rejects_stream(&subjects, &config.streams)).await?;
         let ingest_stats = Arc::new(NatsIngestStats::default());
         let publish_stats = Arc::new(PublishStats::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let mut ingest_task = None;
 
         let (sink, rejects) = RejectSink::new(config.rejects_capacity.max(1), REJECTS_MAX_BYTES);
         node.set_reject_sink(sink);
@@ -90,14 +98,15 @@ impl NatsLink {
             let consumer = crate::sources::nats::jetstream_consumer(&js, &ingest)
                 .await
                 .map_err(|e| NatsError::JetStream(e.0))?;
-            actix::spawn(crate::sources::nats::serve_jetstream(
+            ingest_task = Some(actix::spawn(crate::sources::nats::serve_jetstream(
                 js.clone(),
                 consumer,
                 node.clone(),
                 subjects.clone(),
                 ingest,
                 ingest_stats.clone(),
-            ));
+                stop_rx,
+            )));
         } else if let Some(ingest) = config.ingest {
             // A stream over the ingest subjects would answer every request with its own
             // acknowledgement before alluvium validated anything.
@@ -115,20 +124,23 @@ impl NatsLink {
             let sub = crate::sources::nats::subscribe(&client, &subjects, &ingest)
                 .await
                 .map_err(|e| NatsError::Connect(e.0))?;
-            actix::spawn(crate::sources::nats::serve(
+            ingest_task = Some(actix::spawn(crate::sources::nats::serve(
                 sub,
                 node.clone(),
                 client,
                 subjects.clone(),
                 ingest,
                 ingest_stats.clone(),
-            ));
+                stop_rx,
+            )));
         }
         Ok(NatsLink {
             connection,
             subjects,
             ingest_stats,
             publish_stats,
+            stop: Arc::new(stop),
+            ingest: Arc::new(Mutex::new(ingest_task)),
         })
     }
 
@@ -152,6 +164,40 @@ impl NatsLink {
         let _handle = arbiter.handle();
         rx.await
             .map_err(|_| NatsError::Connect("the NATS thread stopped during start-up".into()))?
+    }
+
+    /// Stops the ingest source: no new message is taken (core NATS unsubscribes, JetStream
+    /// stops pulling), and this returns once every message taken is answered, or after
+    /// `within`. Publishers keep running. Returns whether the source finished in time.
+    pub async fn stop_ingest(&self, within: Duration) -> bool {
+        self.stop.send_replace(true);
+        let task = self
+            .ingest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(task) = task else {
+            return true;
+        };
+        match tokio::time::timeout(within, task).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the NATS ingest task failed");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Sends what the client still buffers (replies, acknowledgements, events) and closes the
+    /// connection, within `within`.
+    pub async fn close(&self, within: Duration) {
+        let client = &self.connection.client;
+        match tokio::time::timeout(within, client.drain()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "closing the NATS connection failed"),
+            Err(_) => tracing::warn!("closing the NATS connection timed out"),
+        }
     }
 
     /// `Ok` while connected to NATS.

@@ -93,6 +93,8 @@ pub struct Node {
 
 /// How long a client told to back off should wait.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How long [`Node::shutdown`] waits for the write-ahead log's last commit group.
+const WAL_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Node {
     /// Recovers state from `config.data_dir` and starts every actor on the current arbiter; in
@@ -321,6 +323,67 @@ impl Node {
     /// Counters of the write-ahead log.
     pub fn wal_stats(&self) -> &WalStats {
         &self.wal_stats
+    }
+
+    /// The last steps before the process exits, once sources stopped taking batches: waits
+    /// until every batch handed to the write-ahead log is on disk, then, with `flush`, writes
+    /// the memtables of every table to Parquet and commits them, so the next start replays
+    /// nothing. The flushes run together and get `flush_timeout` in all; a table that misses
+    /// it keeps its rows in the log, where the next start replays them. Returns how many
+    /// tables were flushed and how many were not.
+    pub async fn shutdown(
+        &self,
+        flush: bool,
+        flush_timeout: Duration,
+    ) -> Result<(usize, usize), PipelineError> {
+        use alluvium_actors::catalog::messages::Snapshot;
+        use alluvium_actors::memtable::messages::FlushTable;
+        use alluvium_actors::wal::messages::Drain;
+
+        if let Some(wal) = &self.wal {
+            let drained = tokio::time::timeout(WAL_DRAIN_TIMEOUT, wal.send(Drain)).await;
+            let Ok(drained) = drained else {
+                return Err(PipelineError::Unavailable(format!(
+                    "the write-ahead log did not finish its last commit group within {} s",
+                    WAL_DRAIN_TIMEOUT.as_secs()
+                )));
+            };
+            drained??;
+            tracing::info!("write-ahead log drained: every acknowledged batch is on disk");
+        }
+        if !flush {
+            return Ok((0, 0));
+        }
+        let state = self.catalog.send(Snapshot).await?;
+        let flushed = std::sync::atomic::AtomicUsize::new(0);
+        let flushes = state.tables.keys().map(|table| {
+            let (memtable, flushed) = (self.memtable.clone(), &flushed);
+            async move {
+                let failure = match memtable.send(FlushTable { table: table.clone() }).await {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(e) => Some(e.to_string()),
+                };
+                match failure {
+                    None => {
+                        flushed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Some(error) => {
+                        tracing::warn!(table = %table, %error, "flush on exit failed; the log keeps its rows");
+                    }
+                }
+            }
+        });
+        let all = futures::future::join_all(flushes);
+        if tokio::time::timeout(flush_timeout, all).await.is_err() {
+            tracing::warn!(
+                timeout_ms = u64::try_from(flush_timeout.as_millis()).unwrap_or(u64::MAX),
+                "flush on exit timed out; the log keeps the rows not flushed"
+            );
+        }
+        let (tables, flushed) = (state.tables.len(), flushed.into_inner());
+        tracing::info!(tables, flushed, "memtables flushed on exit");
+        Ok((flushed, tables - flushed))
     }
 
     /// Fails with [`PipelineError::Overloaded`] when memtables are at their budget.

@@ -100,6 +100,16 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM: the server is asked to stop gracefully.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("cannot run kill");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
     /// Whether the process has exited.
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))

@@ -29,7 +29,7 @@ use actix::{
 use tokio::sync::oneshot;
 
 use super::dedupe::{Dedupe, IdempotencyKey, Seen, SharedDedupe};
-use super::messages::{Append, Durability, Durable};
+use super::messages::{Append, Drain, Durability, Durable};
 use super::{Wal, WalError, WalRecord};
 use crate::catalog::CatalogActor;
 use crate::catalog::messages::Snapshot;
@@ -103,6 +103,8 @@ pub struct WalActor {
     in_flight: InFlight,
     memtable: Recipient<Insert>,
     catalog: Addr<CatalogActor>,
+    /// `Drain` requests waiting for the log to be idle.
+    drains: Vec<oneshot::Sender<Result<(), WalError>>>,
 }
 
 impl std::fmt::Debug for WalActor {
@@ -156,6 +158,7 @@ impl WalActor {
             in_flight: HashMap::new(),
             memtable,
             catalog,
+            drains: Vec::new(),
         }
     }
 
@@ -171,6 +174,9 @@ impl WalActor {
             for r in replies {
                 let _ = r.send(Err(err.clone()));
             }
+        }
+        for d in self.drains.drain(..) {
+            let _ = d.send(Err(err.clone()));
         }
         self.poisoned = Some(err);
     }
@@ -223,6 +229,11 @@ impl WalActor {
             return;
         }
         if self.pending.is_empty() {
+            if self.wal.is_some() {
+                for d in self.drains.drain(..) {
+                    let _ = d.send(Ok(()));
+                }
+            }
             if let Some(committed) = self.checkpoint_due.take() {
                 self.start_checkpoint(committed, ctx);
             }
@@ -536,6 +547,28 @@ impl Handler<Append> for WalActor {
             rx.await.unwrap_or_else(|_| {
                 Err(WalError::Poisoned {
                     cause: "wal actor stopped before the write completed".into(),
+                })
+            })
+        })
+    }
+}
+
+impl Handler<Drain> for WalActor {
+    type Result = ResponseFuture<Result<(), WalError>>;
+
+    fn handle(&mut self, _msg: Drain, ctx: &mut Self::Context) -> Self::Result {
+        if let Some(e) = &self.poisoned {
+            let e = e.clone();
+            return Box::pin(async move { Err(e) });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.drains.push(tx);
+        // Answers at once when idle; otherwise when the group in progress ends.
+        self.start_commit(ctx);
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(WalError::Poisoned {
+                    cause: "wal actor stopped before the log was drained".into(),
                 })
             })
         })

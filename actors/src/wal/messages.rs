@@ -75,3 +75,9 @@ pub struct Durable {
     /// idempotency key, and nothing was stored now.
     pub duplicate: bool,
 }
+
+/// Answers once every batch sent before it is on disk (its group's `fdatasync` returned) and
+/// no group is being written: what a node waits for before it exits.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), WalError>")]
+pub struct Drain;

@@ -31,7 +31,7 @@ use alluvium_nats::async_nats::{self, HeaderMap};
 use alluvium_nats::{Subjects, headers};
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use alluvium_nats::async_nats::jetstream::{self, AckKind, consumer};
 
@@ -105,7 +105,23 @@ pub async fn subscribe(
     Ok(sub)
 }
 
-/// Handles ingest messages of `sub` until it ends (the client closed), many at once.
+/// Resolves once `stop` turns true; never if its sender is gone (a link nobody holds keeps
+/// serving).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Waits until every message being handled is answered (each holds a permit).
+async fn in_flight_done(permits: &Semaphore, max_in_flight: usize) {
+    let all = u32::try_from(max_in_flight.max(1)).unwrap_or(u32::MAX);
+    let _ = permits.acquire_many(all).await;
+}
+
+/// Handles ingest messages of `sub` until it ends (the client closed), many at once. Once
+/// `stop` turns true it unsubscribes, handles the messages already received, and returns when
+/// every one of them is answered.
 pub async fn serve(
     mut sub: async_nats::Subscriber,
     node: Node,
@@ -113,10 +129,30 @@ pub async fn serve(
     subjects: Subjects,
     config: NatsIngestConfig,
     stats: Arc<NatsIngestStats>,
+    mut stop: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    let max_in_flight = config.max_in_flight;
+    let permits = Arc::new(Semaphore::new(max_in_flight.max(1)));
     let ctx = Arc::new((node, client, subjects, config, stats));
-    while let Some(msg) = sub.next().await {
+    let mut stopping = false;
+    loop {
+        let next = if stopping {
+            sub.next().await
+        } else {
+            tokio::select! {
+                msg = sub.next() => msg,
+                () = stopped(&mut stop) => {
+                    stopping = true;
+                    if let Err(e) = sub.unsubscribe().await {
+                        tracing::warn!(error = %e, "cannot unsubscribe from the ingest subjects");
+                        break;
+                    }
+                    tracing::info!("NATS ingest unsubscribed; answering the messages received");
+                    continue;
+                }
+            }
+        };
+        let Some(msg) = next else { break };
         let permit = match permits.clone().try_acquire_owned() {
             Ok(p) => p,
             // Full: a requester is told at once to retry later, rather than queueing without
@@ -156,6 +192,7 @@ pub async fn serve(
             drop(permit);
         });
     }
+    in_flight_done(&permits, max_in_flight).await;
 }
 
 /// Sends a reply with the status headers (and `Retry-After` for 429 and 503).
@@ -386,16 +423,36 @@ pub async fn jetstream_consumer(
         .map_err(|e| crate::link::LinkError(format!("ingest consumer: {e}")))
 }
 
-/// Consumes `ALLUVIUM_INGEST` until the client closes, many messages at once.
+/// Consumes `ALLUVIUM_INGEST` until `stop` turns true, many messages at once; then stops
+/// pulling and returns when every message taken is acknowledged (or refused). Messages pulled
+/// but not taken are delivered again after the consumer's ack wait.
 pub async fn serve_jetstream(
+    js: jetstream::Context,
+    consumer: consumer::PullConsumer,
+    node: Node,
+    subjects: Subjects,
+    config: NatsIngestConfig,
+    stats: Arc<NatsIngestStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let max_in_flight = config.max_in_flight;
+    let permits = Arc::new(Semaphore::new(max_in_flight.max(1)));
+    tokio::select! {
+        () = consume(js, consumer, node, subjects, config, stats, permits.clone()) => {}
+        () = stopped(&mut stop) => tracing::info!("JetStream ingest stopped pulling"),
+    }
+    in_flight_done(&permits, max_in_flight).await;
+}
+
+async fn consume(
     js: jetstream::Context,
     mut consumer: consumer::PullConsumer,
     node: Node,
     subjects: Subjects,
     config: NatsIngestConfig,
     stats: Arc<NatsIngestStats>,
+    permits: Arc<Semaphore>,
 ) {
-    let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     let ctx = Arc::new((node, subjects, config, stats));
     loop {
         let mut messages = match consumer.messages().await {
