@@ -14,7 +14,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # Test-only Python packages: independent Parquet readers, nats-server, a second NATS client,
 # moto's S3 server, and the validators of the deployment files.
-if ! "$venv/bin/python" -c 'import duckdb, pyarrow, nats, moto' 2>/dev/null \
+if ! "$venv/bin/python" -c 'import duckdb, pyarrow, nats, moto, openapi_spec_validator' 2>/dev/null \
   || [ ! -x "$venv/bin/nats-server" ] || [ ! -x "$venv/bin/moto_server" ] \
   || [ ! -x "$venv/bin/hadolint" ] || [ ! -x "$venv/bin/docker-compose" ] \
   || [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/check-jsonschema" ]; then

@@ -42,6 +42,26 @@ fn bad_requests_are_refused_precisely_and_write_nothing() {
     assert_eq!(count(&server), 1);
     let json_ct = Some("application/json");
 
+    // An Idempotency-Key that is too long or has a control character: refused with the same
+    // code as on NATS.
+    for key in ["k".repeat(257), "a\tb".to_string()] {
+        let r = try_send(
+            "POST",
+            &server.url("/v1/tables/t/events"),
+            Some(ADMIN_KEY),
+            json_ct,
+            Some(b"{\"id\": 2}"),
+            &[("Idempotency-Key", key.as_str())],
+        )
+        .unwrap();
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "invalid_idempotency_key"),
+            "{key:?}: {r:?}"
+        );
+    }
+    assert_eq!(count(&server), 1);
+
     // Malformed JSON.
     let r = post(&server, Some(ADMIN_KEY), "t", json_ct, b"[{\"id\": 2},");
     assert_eq!(

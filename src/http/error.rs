@@ -28,6 +28,9 @@ pub enum ApiError {
     /// The content type or encoding is not supported.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The `Idempotency-Key` header cannot be used (not printable ASCII, too long, empty).
+    #[error("invalid Idempotency-Key: {0}")]
+    InvalidIdempotencyKey(String),
     /// A JSON request document (not events) is malformed.
     #[error("invalid request: {0}")]
     BadRequest(String),
@@ -50,6 +53,9 @@ impl ApiError {
             ApiError::BodyRead(_) => (StatusCode::BAD_REQUEST, "body_unreadable"),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::InvalidIdempotencyKey(_) => {
+                (StatusCode::BAD_REQUEST, "invalid_idempotency_key")
             }
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),

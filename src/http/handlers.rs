@@ -221,11 +221,11 @@ pub async fn ingest(
         None => None,
         Some(v) => {
             let v = v.to_str().map_err(|_| {
-                ApiError::BadRequest("Idempotency-Key must be printable ASCII".into())
+                ApiError::InvalidIdempotencyKey("it must be printable ASCII".into())
             })?;
             Some(
                 alluvium_nats::headers::idempotency_key(v)
-                    .map_err(|e| ApiError::BadRequest(e.to_string()))?
+                    .map_err(|e| ApiError::InvalidIdempotencyKey(e.to_string()))?
                     .to_string(),
             )
         }

@@ -6,6 +6,7 @@
 pub mod error;
 mod events;
 mod handlers;
+mod openapi;
 
 use actix_web::web;
 
@@ -32,31 +33,40 @@ pub struct AppState {
     pub default_durability: alluvium_actors::wal::messages::Durability,
 }
 
-/// Registers every route.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(handlers::healthz))
-        .route("/readyz", web::get().to(handlers::readyz))
-        .route("/metrics", web::get().to(handlers::metrics))
-        .service(
-            web::scope("/v1")
-                .route("/keys", web::post().to(handlers::create_key))
-                .route("/events", web::get().to(events::events))
-                .route("/tables", web::get().to(handlers::list_tables))
-                .route("/tables/{table}", web::put().to(handlers::create_table))
-                .route("/tables/{table}", web::get().to(handlers::get_table))
-                .route("/tables/{table}/events", web::post().to(handlers::ingest))
-                .route("/tables/{table}/query", web::post().to(handlers::query))
-                .route("/tables/{table}/flush", web::post().to(handlers::flush))
-                .route("/tables/{table}/compact", web::post().to(handlers::compact))
-                .route("/tables/{table}/files", web::get().to(handlers::files))
-                .route(
-                    "/tables/{table}/rows/{key}",
-                    web::delete().to(handlers::delete_row),
-                )
-                .route(
-                    "/tables/{table}/rows/{key}",
-                    web::get().to(handlers::get_row),
-                ),
-        )
-        .default_service(web::to(handlers::not_found));
+/// Declares the routes once: [`routes`] registers them and [`ROUTES`] lists them, so the list
+/// cannot drift from what is served (the OpenAPI test checks the document against it).
+macro_rules! api_routes {
+    ($($method:ident $path:literal => $handler:path),+ $(,)?) => {
+        /// Every registered route as (method, full path template), in registration order.
+        pub const ROUTES: &[(&str, &str)] = &[$((api_routes!(@name $method), $path)),+];
+
+        /// Registers every route; anything else is answered 404 `not_found`.
+        pub fn routes(cfg: &mut web::ServiceConfig) {
+            $(cfg.route($path, web::$method().to($handler));)+
+            cfg.default_service(web::to(handlers::not_found));
+        }
+    };
+    (@name get) => { "GET" };
+    (@name put) => { "PUT" };
+    (@name post) => { "POST" };
+    (@name delete) => { "DELETE" };
+}
+
+api_routes! {
+    get "/healthz" => handlers::healthz,
+    get "/readyz" => handlers::readyz,
+    get "/metrics" => handlers::metrics,
+    get "/v1/openapi.json" => openapi::document,
+    post "/v1/keys" => handlers::create_key,
+    get "/v1/events" => events::events,
+    get "/v1/tables" => handlers::list_tables,
+    put "/v1/tables/{table}" => handlers::create_table,
+    get "/v1/tables/{table}" => handlers::get_table,
+    post "/v1/tables/{table}/events" => handlers::ingest,
+    post "/v1/tables/{table}/query" => handlers::query,
+    post "/v1/tables/{table}/flush" => handlers::flush,
+    post "/v1/tables/{table}/compact" => handlers::compact,
+    get "/v1/tables/{table}/files" => handlers::files,
+    delete "/v1/tables/{table}/rows/{key}" => handlers::delete_row,
+    get "/v1/tables/{table}/rows/{key}" => handlers::get_row,
 }
