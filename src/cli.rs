@@ -1,5 +1,6 @@
 //! The command line: `serve`, `token mint`, `wal inspect|verify`, `rejects list|replay`,
-//! `bench http|tables|nats`.
+//! `bench http|tables|nats`, and the client commands `send`, `query`, `tables`, `tail` and
+//! `completions` (implemented in [`crate::commands`]).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -10,7 +11,7 @@ use alluvium_actors::auth::{Scope, mint_hs256};
 use alluvium_actors::ids::TenantId;
 use alluvium_actors::wal::{ProblemKind, inspect};
 use anyhow::{Context as _, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 
 use crate::config::{Config, HumanDuration};
 
@@ -39,6 +40,21 @@ enum Command {
     /// Batches refused by ingest, kept on NATS (stream ALLUVIUM_REJECTS): list or replay them.
     #[command(subcommand)]
     Rejects(RejectsCommand),
+    /// Sends a file (NDJSON, a JSON array or CSV) to a table: streamed, in batches, resumable
+    /// after an interruption, every row stored once.
+    Send(crate::commands::send::SendArgs),
+    /// Reads rows of a table.
+    Query(crate::commands::query::QueryArgs),
+    /// Lists the tables.
+    Tables(crate::commands::query::TablesArgs),
+    /// Prints commit events (flushes, compactions, schema changes) as they happen.
+    Tail(crate::commands::tail::TailArgs),
+    /// Prints a shell completion script, e.g. `alluvium completions bash > ~/.local/share/bash-completion/completions/alluvium`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,6 +212,13 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Bench(cmd) => crate::bench::run(cmd),
+        Command::Send(args) => crate::commands::send::run(args),
+        Command::Query(args) => crate::commands::query::run_query(args),
+        Command::Tables(args) => crate::commands::query::run_tables(args),
+        Command::Tail(args) => crate::commands::tail::run(args),
+        Command::Completions { shell } => {
+            Ok(crate::commands::completions(shell, &mut Cli::command()))
+        }
         Command::Rejects(cmd) => {
             let _guard = crate::telemetry::init("warn", &Default::default())?;
             let rt = tokio::runtime::Builder::new_current_thread()

@@ -4,11 +4,15 @@
 //! memtables, flushes them to Parquet and records every file in a catalog.
 //!
 //! This crate is the binary's front: the [`cli`], the [`config`] file, the [`server`] that
-//! assembles a node and serves the [`http`] API, and [`telemetry`]. The pipeline itself lives
-//! in `alluvium-pipelines`, its components in `alluvium-actors`.
+//! assembles a node and serves the [`http`] API, and [`telemetry`]; and the other side of that
+//! API: a blocking [`client`] and the [`commands`] built on it (`send`, `query`, `tables`,
+//! `tail`). The pipeline itself lives in `alluvium-pipelines`, its components in
+//! `alluvium-actors`.
 
 pub mod bench;
 pub mod cli;
+pub mod client;
+pub mod commands;
 pub mod config;
 pub mod http;
 pub mod metrics;
