@@ -97,7 +97,7 @@ root, rows = sys.argv[1], int(sys.argv[2])
 total, distinct, lo, hi = duckdb.sql(
     f"select count(*), count(distinct id), min(id), max(id) "
     f"from read_parquet('{root}/**/*.parquet')"
-).fetchone()
+).fetchall()[0]
 print(f"{total} rows, {distinct} distinct ids ({lo}..{hi}); the file has {rows}")
 sys.exit(0 if total == distinct == rows and lo == 0 and hi == rows - 1 else 1)
 PY

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the test dependencies into git-ignored folders, then runs the whole suite:
-# formatting, clippy, and every test (unit and integration, with nextest when available).
+# Installs the test dependencies into git-ignored folders, then runs the whole suite: the
+# deployment files' validation, formatting, clippy, and every test (unit and integration, with
+# nextest when available, and the documentation examples).
 #
 #   ./scripts/test.sh            # everything
 #   ./scripts/test.sh crash      # extra arguments are passed to the test runner as a filter
@@ -36,6 +37,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast "$@"
+  # nextest does not run documentation examples (the client's).
+  if [ "$#" -eq 0 ]; then
+    echo "== doc tests"
+    cargo test --doc --workspace --locked
+  fi
 else
   cargo test --workspace --locked --no-fail-fast "$@"
 fi
