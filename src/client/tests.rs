@@ -2,6 +2,8 @@
 //! every answer the server writes is read by the client's.
 #![allow(clippy::unwrap_used)]
 
+use std::io::Read as _;
+
 use serde_json::json;
 
 use super::*;
