@@ -12,6 +12,7 @@ use serde_json::Value;
 
 pub mod http_sink;
 pub mod nats;
+pub mod openapi;
 pub mod s3;
 
 /// The admin key every test server is bootstrapped with.
