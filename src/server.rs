@@ -224,6 +224,16 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let webhooks: Vec<_> = config.webhooks.iter().map(|w| w.webhook_config()).collect();
     alluvium_pipelines::notification::webhooks::validate_all(&webhooks)
         .map_err(|e| anyhow::anyhow!("invalid [[webhooks]] configuration: {e}"))?;
+    let hooks = config
+        .sources
+        .webhook
+        .iter()
+        .map(|h| h.hook_config())
+        .collect::<Result<Vec<_>, _>>()?;
+    let hooks = std::sync::Arc::new(
+        alluvium_pipelines::sources::webhook::hooks(hooks)
+            .map_err(|e| anyhow::anyhow!("invalid [[sources.webhook]] configuration: {e}"))?,
+    );
     let roles = cluster_roles(&config)?;
     let mut node_config = node_config(&config);
     node_config.storage = storage(&config)?;
@@ -279,6 +289,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             node,
             nats,
             webhooks: webhook_stats,
+            hooks,
             body_limit: config.server.body_limit.0 as usize,
             metrics: Metrics::default(),
             default_durability: config.ingest.durability,

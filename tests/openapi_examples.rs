@@ -29,6 +29,7 @@ const WALK: &[&str] = &[
     "listTables",
     "getTable",
     "ingestEvents",
+    "receiveWebhook",
     "deleteRow",
     "getRow",
     "queryTable",
@@ -259,6 +260,11 @@ fn request_examples_do_what_the_document_says_on_a_real_server() {
         &[
             ("ALLUVIUM_COMPACTION__INTERVAL", "0s"),
             ("ALLUVIUM_MEMTABLE__FREEZE_AGE", "10m"),
+            // The source the `receiveWebhook` examples are signed for.
+            (
+                "ALLUVIUM_SOURCES__WEBHOOK",
+                r#"[{ name = "github", table = "clicks", scheme = "github", secrets = ["example-github-secret-0123456789"] }]"#,
+            ),
         ],
     );
     let mut instances: Vec<Value> = Vec::new();

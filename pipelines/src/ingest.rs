@@ -76,6 +76,8 @@ pub enum Source {
     Replay,
     /// The `ALLUVIUM_INGEST` stream (JetStream ingest mode), which publishes its own rejects.
     JetStream,
+    /// A signed inbound webhook, `POST /v1/hooks/{name}`.
+    Webhook,
 }
 
 impl Source {
@@ -86,6 +88,7 @@ impl Source {
             Source::Nats => "nats",
             Source::Replay => "replay",
             Source::JetStream => "jetstream",
+            Source::Webhook => "webhook",
         }
     }
 }

@@ -34,6 +34,9 @@ pub enum ApiError {
     /// A JSON request document (not events) is malformed.
     #[error("invalid request: {0}")]
     BadRequest(String),
+    /// An inbound webhook delivery was refused (signature, timestamp, body mapping).
+    #[error(transparent)]
+    Hook(#[from] alluvium_pipelines::sources::webhook::HookError),
     /// No route.
     #[error("no such endpoint: {0}")]
     NotFound(String),
@@ -59,6 +62,13 @@ impl ApiError {
             }
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Hook(h) => {
+                let (status, code) = h.status_and_code();
+                (
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                    code,
+                )
+            }
             ApiError::Pipeline(p) => {
                 let (status, code) = p.status_and_code();
                 (

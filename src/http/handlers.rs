@@ -53,7 +53,7 @@ pub(super) async fn principal(state: &AppState, req: &HttpRequest) -> Result<Pri
 /// Reads the body up to the limit: a declared length over it is refused before reading, and
 /// reading stops as soon as the limit is passed. A gzip or zstd body is decompressed, and its
 /// decompressed size is held to the same limit (a small bomb cannot blow up memory).
-async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes> {
+pub(super) async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes> {
     let encoding = match req.headers().get(header::CONTENT_ENCODING) {
         None => Encoding::Identity,
         Some(v) => match v
@@ -192,7 +192,7 @@ struct IngestParams {
 }
 
 /// The durability a write asks for in its query string, or the configured default.
-fn durability(state: &AppState, req: &HttpRequest) -> Result<Durability> {
+pub(super) fn durability(state: &AppState, req: &HttpRequest) -> Result<Durability> {
     let params = web::Query::<IngestParams>::from_query(req.query_string())
         .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
     Ok(params.durability.unwrap_or(state.default_durability))

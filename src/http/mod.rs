@@ -6,6 +6,7 @@
 pub mod error;
 mod events;
 mod handlers;
+mod hooks;
 mod openapi;
 
 use actix_web::web;
@@ -25,6 +26,10 @@ pub struct AppState {
         String,
         std::sync::Arc<alluvium_pipelines::notification::webhooks::WebhookStats>,
     )>,
+    /// Inbound webhook sources, by name (`POST /v1/hooks/{name}`).
+    pub hooks: std::sync::Arc<
+        std::collections::BTreeMap<String, alluvium_pipelines::sources::webhook::Hook>,
+    >,
     /// Largest request body.
     pub body_limit: usize,
     /// Counters for `/metrics`.
@@ -69,4 +74,5 @@ api_routes! {
     get "/v1/tables/{table}/files" => handlers::files,
     delete "/v1/tables/{table}/rows/{key}" => handlers::delete_row,
     get "/v1/tables/{table}/rows/{key}" => handlers::get_row,
+    post "/v1/hooks/{source}" => hooks::receive,
 }

@@ -1,3 +1,5 @@
-//! Sources of events besides HTTP (whose handlers live in the binary and call the same core).
+//! Sources of events besides the ingest endpoint (whose handlers live in the binary and call
+//! the same core): NATS subjects and the checks of signed inbound webhooks.
 
 pub mod nats;
+pub mod webhook;
