@@ -53,7 +53,11 @@ pub(super) async fn principal(state: &AppState, req: &HttpRequest) -> Result<Pri
 /// Reads the body up to the limit: a declared length over it is refused before reading, and
 /// reading stops as soon as the limit is passed. A gzip or zstd body is decompressed, and its
 /// decompressed size is held to the same limit (a small bomb cannot blow up memory).
-pub(super) async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes> {
+pub(super) async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes> {
     let encoding = match req.headers().get(header::CONTENT_ENCODING) {
         None => Encoding::Identity,
         Some(v) => match v
