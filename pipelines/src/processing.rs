@@ -220,7 +220,7 @@ impl Node {
 
         let mut keys = KeyStore::open(config.data_dir.join("keys.json"))?;
         let bootstrap = auth::bootstrap(&mut keys, config.bootstrap_key.clone(), &config.data_dir)?;
-        let jwt = JwtVerifier::new(&config.jwt)?;
+        let jwt = JwtVerifier::load(&config.jwt).await?;
         let authenticator = Authenticator::new(keys, jwt);
         let auth = Supervisor::start(move |_| AuthActor::new(authenticator));
 

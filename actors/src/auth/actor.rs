@@ -1,15 +1,19 @@
 //! The actor shell around [`Authenticator`]: answers [`Authenticate`], [`CreateKey`],
 //! [`ListKeys`] and [`RevokeKey`].
 //!
-//! Verification is pure CPU work (a SHA-256 or one signature check) and runs inline. Key
-//! creation and revocation rewrite `keys.json` with fsyncs on the actor's thread; they are rare
-//! admin operations, so the short stall is accepted rather than moving the store elsewhere.
-//! Under supervision a restart reloads the key store from disk, the only durable state.
+//! Verification is pure CPU work (a SHA-256 or one signature check) and runs inline, with one
+//! exception: a JWT naming a key id the JWK Set does not hold is answered from a future that
+//! refetches the set (rate limited, at most 5 s) and then verifies, so the actor keeps serving
+//! other messages meanwhile. The actor also drives the periodic JWK Set refresh. Key creation
+//! and revocation rewrite `keys.json` with fsyncs on the actor's thread; they are rare admin
+//! operations, so the short stall is accepted rather than moving the store elsewhere. Under
+//! supervision a restart reloads the key store from disk, the only durable state; the JWK Set
+//! is kept, and its timer is set up again by `started`.
 
-use actix::{Actor, Context, Handler, Supervised};
+use actix::{Actor, AsyncContext, Context, Handler, Response, Supervised};
 
 use super::messages::{Authenticate, CreateKey, ListKeys, RevokeKey};
-use super::{AuthError, Authenticator, KeyInfo, KeyStore, NewKey, Principal};
+use super::{AuthError, Authenticator, KeyInfo, KeyStore, NewKey, Principal, Verification};
 
 /// Mailbox bound of the [`AuthActor`]. Every ingest and query request sends one
 /// [`Authenticate`]; 1024 queued requests is well over a second of work at worst (RS256
@@ -36,6 +40,14 @@ impl Actor for AuthActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        // A restart clears the context's timers and `started` runs again: one timer at a time.
+        if let Some(every) = self.auth.jwt().and_then(|j| j.jwks_refresh_every()) {
+            ctx.run_interval(every, |act, ctx| {
+                if let Some(refresh) = act.auth.jwt().and_then(|j| j.refresh_jwks()) {
+                    ctx.spawn(actix::fut::wrap_future(refresh));
+                }
+            });
+        }
         tracing::debug!(keys = self.auth.keys().len(), "auth actor started");
     }
 }
@@ -58,15 +70,22 @@ impl Supervised for AuthActor {
 }
 
 impl Handler<Authenticate> for AuthActor {
-    type Result = Result<Principal, AuthError>;
+    type Result = Response<Result<Principal, AuthError>>;
 
     fn handle(&mut self, msg: Authenticate, _ctx: &mut Self::Context) -> Self::Result {
-        let result = self.auth.authenticate(&msg.credential);
-        if let Err(e) = &result {
-            tracing::debug!(code = e.code(), "authentication refused");
+        match self.auth.authenticate_or_refetch(&msg.credential) {
+            Verification::Ready(result) => Response::reply(logged(result)),
+            // Runs as its own task: the mailbox is not held up while the JWK Set is fetched.
+            Verification::Refetch(pending) => Response::fut(async move { logged(pending.await) }),
         }
-        result
     }
+}
+
+fn logged(result: Result<Principal, AuthError>) -> Result<Principal, AuthError> {
+    if let Err(e) = &result {
+        tracing::debug!(code = e.code(), "authentication refused");
+    }
+    result
 }
 
 impl Handler<CreateKey> for AuthActor {

@@ -6,7 +6,9 @@
 //! the credential is:
 //!
 //! - exactly two dots -> a JWT, verified by [`jwt::JwtVerifier`] (HS256 with a shared secret,
-//!   RS256 and EdDSA with configured public keys, an algorithm allowlist, `exp` required);
+//!   RS256 and EdDSA with configured public keys, RS256, EdDSA and ES256 with the keys of a JWK
+//!   Set fetched from a URL or read from a file ([`jwks`]), an algorithm allowlist, `exp`
+//!   required);
 //! - anything else -> an API key, looked up in the [`keys::KeyStore`], which keeps only SHA-256
 //!   digests on disk and compares them in constant time.
 //!
@@ -19,10 +21,15 @@
 //! [`AuthError::TokenExpired`]), a missing scope is 403 ([`AuthError::Forbidden`]), a bad key
 //! request is 400 and the rest are server-side faults. [`AuthError::code`] gives the stable code.
 //!
+//! Verification is synchronous CPU work except in one case: a JWT naming a key id the JWK Set
+//! does not hold, for which [`Authenticator::authenticate_or_refetch`] returns a future that
+//! refetches the set (rate limited) before verifying.
+//!
 //! The actor shell ([`actor::AuthActor`]) owns an [`Authenticator`] and answers the messages in
 //! [`messages`]; the logic modules here do not depend on actix.
 
 pub mod actor;
+pub mod jwks;
 pub mod jwt;
 pub mod keys;
 pub mod messages;
@@ -36,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::TenantId;
 
 pub use actor::AuthActor;
-pub use jwt::{JwtConfig, JwtVerifier, mint_hs256};
+pub use jwt::{JwtConfig, JwtVerifier, Verification, mint_hs256};
 pub use keys::{Bootstrap, KeyInfo, KeyStore, NewKey, bootstrap};
 pub use messages::{Authenticate, CreateKey, ListKeys, RevokeKey};
 
@@ -261,7 +268,31 @@ impl Authenticator {
     /// Authenticates a bare credential: a string with exactly two dots is verified as a JWT,
     /// anything else is looked up as an API key. An empty credential is
     /// [`AuthError::Unauthenticated`].
+    ///
+    /// Never does I/O: a JWT naming a key id missing from the JWK Set is refused; the actor uses
+    /// [`Authenticator::authenticate_or_refetch`] instead.
     pub fn authenticate(&self, credential: &str) -> Result<Principal, AuthError> {
+        match self.route(credential)? {
+            Some(verifier) => verifier.verify(credential),
+            None => self.keys.verify(credential).ok_or(AuthError::InvalidApiKey),
+        }
+    }
+
+    /// Authenticates like [`Authenticator::authenticate`], except that a JWT naming a key id
+    /// missing from the JWK Set gives [`Verification::Refetch`]: a future that refetches the
+    /// set (rate limited) and verifies again. Everything else is [`Verification::Ready`].
+    pub fn authenticate_or_refetch(&self, credential: &str) -> Verification {
+        match self.route(credential) {
+            Ok(Some(verifier)) => verifier.verify_or_refetch(credential),
+            Ok(None) => {
+                Verification::Ready(self.keys.verify(credential).ok_or(AuthError::InvalidApiKey))
+            }
+            Err(e) => Verification::Ready(Err(e)),
+        }
+    }
+
+    /// Tells what the credential is: `Some(verifier)` for a JWT, `None` for an API key.
+    fn route(&self, credential: &str) -> Result<Option<&JwtVerifier>, AuthError> {
         if credential.is_empty() {
             return Err(AuthError::Unauthenticated);
         }
@@ -273,13 +304,18 @@ impl Authenticator {
         }
         if credential.bytes().filter(|&b| b == b'.').count() == 2 {
             return match &self.jwt {
-                Some(verifier) => verifier.verify(credential),
+                Some(verifier) => Ok(Some(verifier)),
                 None => Err(AuthError::invalid_token(
                     "JWT authentication is not configured on this server",
                 )),
             };
         }
-        self.keys.verify(credential).ok_or(AuthError::InvalidApiKey)
+        Ok(None)
+    }
+
+    /// The JWT verifier, when JWTs are configured.
+    pub fn jwt(&self) -> Option<&JwtVerifier> {
+        self.jwt.as_ref()
     }
 
     /// Creates and persists a new API key; the plaintext is in the returned [`NewKey`] only.
