@@ -177,8 +177,21 @@ impl Default for Config {
 pub struct ServerConfig {
     /// Address the HTTP server binds. Default: `127.0.0.1:8080`.
     pub listen: SocketAddr,
-    /// Largest accepted request body. Default: `16MiB`.
+    /// Largest accepted request body, before and after decompression. Default: `16MiB`.
     pub body_limit: ByteSize,
+    /// Longest wait for a request's head (request line and headers) after the connection
+    /// opens or the previous request ends; a client that takes longer is answered 408 and
+    /// disconnected. Default: `5s`.
+    pub header_timeout: HumanDuration,
+    /// Longest time for a request's whole body to arrive; past it the request is answered 408
+    /// `body_timeout`. Default: `30s`.
+    pub body_timeout: HumanDuration,
+    /// How long an idle keep-alive connection stays open. Default: `5s`.
+    pub keep_alive: HumanDuration,
+    /// Largest ratio of decompressed to compressed size of a gzip or zstd body (bodies that
+    /// decompress to at most 1 MiB pass whatever their ratio); beyond it, 413
+    /// `compression_ratio_exceeded`. Default: 100.
+    pub max_compression_ratio: usize,
     /// HTTP worker threads. Default: 0, meaning one per CPU core.
     pub workers: usize,
     /// On SIGTERM or SIGINT, how long requests in flight get to finish before their
@@ -197,6 +210,10 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit: ByteSize(16 << 20),
+            header_timeout: HumanDuration(Duration::from_secs(5)),
+            body_timeout: HumanDuration(Duration::from_secs(30)),
+            keep_alive: HumanDuration(Duration::from_secs(5)),
+            max_compression_ratio: 100,
             workers: 0,
             shutdown_timeout: HumanDuration(Duration::from_secs(30)),
             flush_on_exit: false,
@@ -305,6 +322,9 @@ pub struct IngestSection {
     /// from the batch and evolution mode `infer` (otherwise it is refused with 404). Default:
     /// false.
     pub infer_new_tables: bool,
+    /// Most tables one tenant may have; creating one more (by `PUT` or inference) is refused
+    /// with 409 `table_limit_reached`. Default: 1000.
+    pub max_tables_per_tenant: usize,
     /// How long an idempotency key (HTTP `Idempotency-Key`, NATS `Idempotency-Key` or
     /// `Nats-Msg-Id`) is remembered: a retry within it is answered with the first batch's
     /// sequences and stored nothing. Survives restarts. Default: `15m`.
@@ -320,6 +340,7 @@ impl Default for IngestSection {
             max_depth: 32,
             durability: Default::default(),
             infer_new_tables: false,
+            max_tables_per_tenant: alluvium_actors::schema::actor::DEFAULT_MAX_TABLES_PER_TENANT,
             idempotency_window: HumanDuration(Duration::from_secs(15 * 60)),
             idempotency_max_keys: 1_000_000,
         }

@@ -50,6 +50,7 @@ pub fn node_config(config: &Config) -> NodeConfig {
             max_depth: config.ingest.max_depth,
         },
         infer_new_tables: config.ingest.infer_new_tables,
+        max_tables_per_tenant: config.ingest.max_tables_per_tenant,
         dedupe: DedupeConfig {
             window: config.ingest.idempotency_window.0,
             max_keys: config.ingest.idempotency_max_keys.max(1),
@@ -290,7 +291,11 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             nats,
             webhooks: webhook_stats,
             hooks,
-            body_limit: config.server.body_limit.0 as usize,
+            body: crate::http::BodyLimits {
+                max_bytes: config.server.body_limit.0 as usize,
+                read_timeout: config.server.body_timeout.0,
+                max_ratio: config.server.max_compression_ratio.max(1),
+            },
             metrics: Metrics::default(),
             default_durability: config.ingest.durability,
         };
@@ -324,6 +329,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         }
         let grace = config.server.shutdown_timeout.0;
         let server = server
+            .client_request_timeout(config.server.header_timeout.0)
+            .keep_alive(config.server.keep_alive.0)
             .disable_signals()
             .shutdown_timeout(grace.as_secs().max(1))
             .bind(config.server.listen)

@@ -153,7 +153,9 @@ impl PipelineError {
             P::Schema(e) => {
                 let status = match e {
                     SchemaError::UnknownTable { .. } => 404,
-                    SchemaError::TableExists { .. } | SchemaError::SchemaChange { .. } => 409,
+                    SchemaError::TableExists { .. }
+                    | SchemaError::SchemaChange { .. }
+                    | SchemaError::TooManyTables { .. } => 409,
                     SchemaError::TooManyRows { .. } => 413,
                     SchemaError::Catalog(_) => 503,
                     e if e.is_client_error() => 400,

@@ -49,6 +49,8 @@ pub struct NodeConfig {
     pub batch_limits: BatchLimits,
     /// Whether batches to unknown tables create them with an inferred schema.
     pub infer_new_tables: bool,
+    /// Most tables one tenant may have.
+    pub max_tables_per_tenant: usize,
     /// How long, and how many, idempotency keys are remembered.
     pub dedupe: DedupeConfig,
     /// JWT verification.
@@ -215,7 +217,8 @@ impl Node {
         let (dedupe, memtable) = dedupe;
 
         let schema_actor = SchemaActor::new(&state, catalog.clone(), config.batch_limits)
-            .infer_new_tables(config.infer_new_tables);
+            .infer_new_tables(config.infer_new_tables)
+            .max_tables_per_tenant(config.max_tables_per_tenant);
         let schema = Supervisor::start(move |_| schema_actor);
 
         let mut keys = KeyStore::open(config.data_dir.join("keys.json"))?;

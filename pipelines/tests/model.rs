@@ -66,6 +66,7 @@ fn config(dir: &Path) -> NodeConfig {
         },
         batch_limits: BatchLimits::default(),
         infer_new_tables: false,
+        max_tables_per_tenant: 1000,
         dedupe: Default::default(),
         jwt: JwtConfig::default(),
         bootstrap_key: Some(KEY.into()),

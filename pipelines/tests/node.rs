@@ -31,6 +31,7 @@ fn config(dir: &Path, budget: usize) -> NodeConfig {
         compaction: Default::default(),
         batch_limits: BatchLimits::default(),
         infer_new_tables: false,
+        max_tables_per_tenant: 1000,
         dedupe: Default::default(),
         jwt: JwtConfig::default(),
         bootstrap_key: Some(KEY.into()),

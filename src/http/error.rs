@@ -22,6 +22,19 @@ pub enum ApiError {
         /// The limit.
         limit: usize,
     },
+    /// The body did not arrive within the read deadline.
+    #[error("the request body did not arrive within {} s", .0.as_secs_f64())]
+    BodyTimeout(Duration),
+    /// A compressed body expands more than the ratio allowed.
+    #[error(
+        "the {compressed} byte compressed body expands more than {max_ratio} times (server.max_compression_ratio)"
+    )]
+    CompressionRatio {
+        /// Its compressed size.
+        compressed: usize,
+        /// The ceiling.
+        max_ratio: usize,
+    },
     /// The body could not be read.
     #[error("cannot read the request body: {0}")]
     BodyRead(String),
@@ -54,6 +67,10 @@ impl ApiError {
         match self {
             ApiError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::BodyRead(_) => (StatusCode::BAD_REQUEST, "body_unreadable"),
+            ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            ApiError::CompressionRatio { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "compression_ratio_exceeded")
+            }
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }

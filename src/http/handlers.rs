@@ -16,11 +16,10 @@ use alluvium_actors::wal::messages::Durability;
 use alluvium_pipelines::PipelineError;
 use alluvium_pipelines::ingest::{IngestRequest, Source};
 use alluvium_pipelines::query::QueryRequest;
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
+pub(super) use super::body::read_body;
 use super::error::ApiError;
 use alluvium_actors::auth::AuthError;
 
@@ -48,84 +47,6 @@ pub(super) async fn principal(state: &AppState, req: &HttpRequest) -> Result<Pri
         return Err(AuthError::Unauthenticated.into());
     }
     Ok(state.node.authenticate(cred).await?)
-}
-
-/// Reads the body up to the limit: a declared length over it is refused before reading, and
-/// reading stops as soon as the limit is passed. A gzip or zstd body is decompressed, and its
-/// decompressed size is held to the same limit (a small bomb cannot blow up memory).
-pub(super) async fn read_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<Bytes> {
-    let encoding = match req.headers().get(header::CONTENT_ENCODING) {
-        None => Encoding::Identity,
-        Some(v) => match v
-            .to_str()
-            .unwrap_or("?")
-            .trim()
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "identity" => Encoding::Identity,
-            "gzip" | "x-gzip" => Encoding::Gzip,
-            "zstd" => Encoding::Zstd,
-            other => {
-                return Err(ApiError::UnsupportedMediaType(format!(
-                    "content encoding {other:?} is not supported; use gzip, zstd or none"
-                )));
-            }
-        },
-    };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::BodyTooLarge { limit });
-    }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(8192).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BodyRead(e.to_string()))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::BodyTooLarge { limit });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    let body = body.freeze();
-    match encoding {
-        Encoding::Identity => Ok(body),
-        compressed => web::block(move || decompress(compressed, &body, limit))
-            .await
-            .map_err(|e| ApiError::BodyRead(e.to_string()))?,
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Encoding {
-    Identity,
-    Gzip,
-    Zstd,
-}
-
-fn decompress(encoding: Encoding, body: &[u8], limit: usize) -> Result<Bytes> {
-    use std::io::Read;
-    let bad = |e: std::io::Error| ApiError::BodyRead(format!("cannot decompress the body: {e}"));
-    let reader: Box<dyn Read> = match encoding {
-        Encoding::Identity => return Ok(Bytes::copy_from_slice(body)),
-        Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(body)),
-        Encoding::Zstd => Box::new(zstd::stream::read::Decoder::new(body).map_err(bad)?),
-    };
-    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
-    reader
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(bad)?;
-    if out.len() > limit {
-        return Err(ApiError::BodyTooLarge { limit });
-    }
-    Ok(Bytes::from(out))
 }
 
 fn mime(req: &HttpRequest) -> String {
@@ -234,7 +155,7 @@ pub async fn ingest(
             )
         }
     };
-    let body = read_body(&req, payload, state.body_limit).await?;
+    let body = read_body(&req, payload, state.body).await?;
     let bytes = body.len();
     let request = IngestRequest {
         table: table.into_inner(),
@@ -327,7 +248,7 @@ pub async fn create_table(
     payload: web::Payload,
 ) -> Result<HttpResponse> {
     let principal = principal(&state, &req).await?;
-    let body = read_body(&req, payload, state.body_limit).await?;
+    let body = read_body(&req, payload, state.body).await?;
     let schema: TableSchema = serde_json::from_slice(&body).map_err(|e| {
         ApiError::Pipeline(PipelineError::Schema(
             alluvium_actors::schema::error::SchemaError::InvalidDefinition(e.to_string()),
@@ -377,7 +298,7 @@ pub async fn query(
     payload: web::Payload,
 ) -> Result<HttpResponse> {
     let principal = principal(&state, &req).await?;
-    let body = read_body(&req, payload, state.body_limit).await?;
+    let body = read_body(&req, payload, state.body).await?;
     let request: QueryRequest = if body.iter().all(u8::is_ascii_whitespace) {
         QueryRequest::default()
     } else {
@@ -558,7 +479,7 @@ pub async fn create_key(
     payload: web::Payload,
 ) -> Result<HttpResponse> {
     let principal = principal(&state, &req).await?;
-    let body = read_body(&req, payload, 64 * 1024).await?;
+    let body = read_body(&req, payload, state.body.at_most(64 * 1024)).await?;
     let kr: KeyRequest = parse_json(&body, "key request")?;
     let tenant = match kr.tenant {
         Some(t) => TenantId::new(t).map_err(PipelineError::from)?,

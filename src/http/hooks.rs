@@ -47,7 +47,7 @@ pub async fn receive(
         ));
     }
     let durability = durability(&state, &req)?;
-    let body = read_body(&req, payload, state.body_limit).await?;
+    let body = read_body(&req, payload, state.body).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -3,6 +3,7 @@
 //! Handlers are thin: they extract the credential and body, call the [`Node`], and render the
 //! result; errors become problem+json in [`error`].
 
+mod body;
 pub mod error;
 mod events;
 mod handlers;
@@ -10,6 +11,8 @@ mod hooks;
 mod openapi;
 
 use actix_web::web;
+
+pub use body::BodyLimits;
 
 use crate::metrics::Metrics;
 use alluvium_pipelines::Node;
@@ -30,8 +33,8 @@ pub struct AppState {
     pub hooks: std::sync::Arc<
         std::collections::BTreeMap<String, alluvium_pipelines::sources::webhook::Hook>,
     >,
-    /// Largest request body.
-    pub body_limit: usize,
+    /// Bounds on reading request bodies.
+    pub body: BodyLimits,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
     /// Durability of ingest requests that do not ask for one.

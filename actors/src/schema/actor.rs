@@ -25,6 +25,9 @@ use crate::ids::TableRef;
 /// connections while validation itself runs on the blocking pool.
 const MAILBOX_CAPACITY: usize = 4096;
 
+/// Most tables one tenant may have unless configured otherwise.
+pub const DEFAULT_MAX_TABLES_PER_TENANT: usize = 1000;
+
 /// Holds the registry, rebuilt from the catalog, and validates batches.
 #[derive(Debug)]
 pub struct SchemaActor {
@@ -32,6 +35,7 @@ pub struct SchemaActor {
     catalog: Addr<CatalogActor>,
     limits: Arc<BatchLimits>,
     infer_new_tables: bool,
+    max_tables_per_tenant: usize,
 }
 
 impl SchemaActor {
@@ -56,6 +60,7 @@ impl SchemaActor {
             catalog,
             limits: Arc::new(limits),
             infer_new_tables: false,
+            max_tables_per_tenant: DEFAULT_MAX_TABLES_PER_TENANT,
         }
     }
 
@@ -63,6 +68,12 @@ impl SchemaActor {
     /// refusing the batch.
     pub fn infer_new_tables(mut self, on: bool) -> Self {
         self.infer_new_tables = on;
+        self
+    }
+
+    /// Refuses to create a tenant's table beyond `max` of them (by definition or inference).
+    pub fn max_tables_per_tenant(mut self, max: usize) -> Self {
+        self.max_tables_per_tenant = max;
         self
     }
 }
@@ -199,6 +210,16 @@ impl Handler<CreateTable> for SchemaActor {
                     changes: e.changes,
                 })
             })));
+        }
+        let tenant = &msg.table.tenant;
+        let owned = self.tables.keys().filter(|t| t.tenant == *tenant).count();
+        if owned >= self.max_tables_per_tenant {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(
+                SchemaError::TooManyTables {
+                    tenant: tenant.to_string(),
+                    limit: self.max_tables_per_tenant,
+                },
+            ))));
         }
         let catalog = self.catalog.clone();
         let table = msg.table.clone();

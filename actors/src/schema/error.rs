@@ -288,6 +288,16 @@ pub enum SchemaError {
         /// The precise reason.
         reason: String,
     },
+    /// The tenant already has as many tables as it may.
+    #[error(
+        "tenant {tenant:?} already has {limit} tables, the most allowed (ingest.max_tables_per_tenant)"
+    )]
+    TooManyTables {
+        /// The tenant.
+        tenant: String,
+        /// The limit.
+        limit: usize,
+    },
     /// The catalog could not record a table change (503).
     #[error("cannot record the table in the catalog: {0}")]
     Catalog(String),
@@ -319,6 +329,7 @@ impl SchemaError {
             SchemaError::Arrow(_) => "arrow_error",
             SchemaError::CannotInfer { .. } => "cannot_infer",
             SchemaError::SchemaChange { .. } => "schema_change_refused",
+            SchemaError::TooManyTables { .. } => "table_limit_reached",
             SchemaError::Catalog(_) => "catalog_unavailable",
         }
     }
