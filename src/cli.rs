@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use alluvium_actors::auth::{Scope, mint_hs256};
+use alluvium_actors::auth::{Grant, mint_hs256};
 use alluvium_actors::ids::TenantId;
 use alluvium_actors::wal::{ProblemKind, inspect};
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
 
 use crate::config::{Config, HumanDuration};
@@ -175,7 +175,8 @@ struct MintArgs {
     /// Tenant the token authenticates as.
     #[arg(long)]
     tenant: String,
-    /// Comma-separated scopes: ingest, query, admin.
+    /// Comma-separated scopes: ingest, query, admin, each optionally limited to a table
+    /// (`ingest:clicks`).
     #[arg(long, default_value = "ingest,query", value_delimiter = ',')]
     scopes: Vec<String>,
     /// Lifetime, e.g. 15m, 1h.
@@ -283,7 +284,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let scopes = args
                 .scopes
                 .iter()
-                .map(|s| Scope::parse(s.trim()).with_context(|| format!("unknown scope {s:?}")))
+                .map(|s| Grant::parse(s.trim()).map_err(anyhow::Error::msg))
                 .collect::<anyhow::Result<BTreeSet<_>>>()?;
             let ttl: HumanDuration = args.ttl.parse().map_err(anyhow::Error::msg)?;
             let token = mint_hs256(

@@ -25,6 +25,8 @@ const WALK: &[&str] = &[
     "metrics",
     "getOpenApi",
     "createKey",
+    "listKeys",
+    "revokeKey",
     "putTable",
     "listTables",
     "getTable",

@@ -38,6 +38,21 @@ pub enum PipelineError {
     /// Reading committed files failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The API key's quota is spent for now (429): retry after the delay.
+    #[error(
+        "API key {key} is over its quota of {rate} {limit}: retry in {} ms",
+        retry_after.as_millis().max(1)
+    )]
+    QuotaExceeded {
+        /// The API key id.
+        key: String,
+        /// Which allowance: `events_per_sec` or `bytes_per_sec`.
+        limit: &'static str,
+        /// Its rate.
+        rate: u64,
+        /// How long until a batch can pass.
+        retry_after: Duration,
+    },
     /// Memtables are at their byte budget: retry after the delay.
     #[error(
         "ingest is paused: memtables hold {held} bytes of a {budget} byte budget while flushes catch up"
@@ -180,6 +195,7 @@ impl PipelineError {
             P::VersionUnavailable(_) => (410, "version_unavailable"),
             P::Storage(_) => (500, "storage_error"),
             P::Overloaded { .. } => (429, "overloaded"),
+            P::QuotaExceeded { .. } => (429, "quota_exceeded"),
             P::UnknownColumn(_) => (400, "unknown_column"),
             P::InvalidFilter(_) => (400, "invalid_filter"),
             P::InvalidQuery(_) => (400, "invalid_query"),
@@ -194,7 +210,8 @@ impl PipelineError {
     /// How long a client should wait before retrying, for errors that pass.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            PipelineError::Overloaded { retry_after, .. } => Some(*retry_after),
+            PipelineError::Overloaded { retry_after, .. }
+            | PipelineError::QuotaExceeded { retry_after, .. } => Some(*retry_after),
             PipelineError::Unavailable(_) | PipelineError::LogFull(_) => {
                 Some(Duration::from_secs(1))
             }

@@ -1,9 +1,9 @@
 //! The ingest stage's core, shared by every source: authenticate, validate, push back or make
 //! durable, acknowledge.
 
-use std::collections::BTreeSet;
-
-use alluvium_actors::auth::{Authenticate, CreateKey, NewKey, Principal, Scope};
+use alluvium_actors::auth::{
+    Authenticate, CreateKey, KeyInfo, KeySpec, ListKeys, NewKey, Principal, RevokeKey, Scope,
+};
 use alluvium_actors::catalog::TableEntry;
 use alluvium_actors::catalog::messages::Snapshot;
 use alluvium_actors::compaction::messages::{Compact, CompactionReport};
@@ -21,6 +21,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tracing::Instrument as _;
 
+use crate::quota::Limit;
 use crate::{Node, PipelineError};
 
 /// The answer to an accepted batch: every event is durable at the stated level.
@@ -129,6 +130,18 @@ impl Node {
         ))
     }
 
+    /// The table `table` of the principal's tenant, if a grant allows `scope` on it (a bad name
+    /// is 400 `invalid_name`, a missing grant 403 `forbidden`).
+    pub(crate) fn authorized(
+        principal: &Principal,
+        scope: Scope,
+        table: &str,
+    ) -> Result<TableRef, PipelineError> {
+        let table = Self::table_ref(principal, table)?;
+        principal.require_on(scope, &table.table)?;
+        Ok(table)
+    }
+
     /// Validates a batch against the table's schema and makes it durable; the whole batch or
     /// nothing. Answers once `durability` is reached. Needs the `ingest` scope.
     pub async fn ingest(
@@ -158,8 +171,7 @@ impl Node {
         principal: &Principal,
         request: IngestRequest,
     ) -> Result<IngestAck, PipelineError> {
-        principal.require(Scope::Ingest)?;
-        let table = Self::table_ref(principal, &request.table)?;
+        let table = Self::authorized(principal, Scope::Ingest, &request.table)?;
         let key = request.idempotency_key.clone().map(|key| IdempotencyKey {
             key,
             body_hash: body_hash(&request.body),
@@ -172,6 +184,9 @@ impl Node {
             return Ok(IngestAck::from_durable(durable, request.durability));
         }
         self.check_budget()?;
+        // Bytes as received are counted before the batch costs anything; events once known.
+        self.quotas
+            .take(principal, Limit::Bytes, request.body.len() as u64)?;
         let validated = match self
             .schema
             .send(Validate {
@@ -189,6 +204,8 @@ impl Node {
                 return Err(e);
             }
         };
+        self.quotas
+            .take(principal, Limit::Events, validated.rows.len() as u64)?;
         if let Some(log) = &self.log {
             let appended = log
                 .append(
@@ -239,8 +256,9 @@ impl Node {
         key: &str,
         durability: Durability,
     ) -> Result<IngestAck, PipelineError> {
-        principal.require(Scope::Ingest)?;
-        let info = self.table_info(Self::table_ref(principal, table)?).await?;
+        let info = self
+            .table_info(Self::authorized(principal, Scope::Ingest, table)?)
+            .await?;
         let event = delete_event(&info.schema, key)?;
         let body = Bytes::from(
             serde_json::to_vec(&event).map_err(|e| PipelineError::InvalidKey(e.to_string()))?,
@@ -257,8 +275,7 @@ impl Node {
         table: &str,
         schema: TableSchema,
     ) -> Result<Created, PipelineError> {
-        principal.require(Scope::Admin)?;
-        let table = Self::table_ref(principal, table)?;
+        let table = Self::authorized(principal, Scope::Admin, table)?;
         Ok(self.schema.send(CreateTable { table, schema }).await??)
     }
 
@@ -268,8 +285,8 @@ impl Node {
         principal: &Principal,
         table: &str,
     ) -> Result<TableInfo, PipelineError> {
-        principal.require(Scope::Query)?;
-        self.table_info(Self::table_ref(principal, table)?).await
+        self.table_info(Self::authorized(principal, Scope::Query, table)?)
+            .await
     }
 
     pub(crate) async fn table_info(&self, table: TableRef) -> Result<TableInfo, PipelineError> {
@@ -281,15 +298,17 @@ impl Node {
         })
     }
 
-    /// Lists the principal's tables (`query` scope).
+    /// Lists the principal's tables that it may query (`query` scope on at least one).
     pub async fn tables(&self, principal: &Principal) -> Result<Vec<TableInfo>, PipelineError> {
-        principal.require(Scope::Query)?;
-        Ok(self
+        principal.require_some(Scope::Query)?;
+        let mut tables = self
             .schema
             .send(ListTables {
                 tenant: principal.tenant.clone(),
             })
-            .await?)
+            .await?;
+        tables.retain(|t| principal.may(Scope::Query, &t.table.table));
+        Ok(tables)
     }
 
     /// Flushes a table's memtables to Parquet now and waits for the commit (`admin` scope).
@@ -299,7 +318,7 @@ impl Node {
         principal: &Principal,
         table: &str,
     ) -> Result<Option<u64>, PipelineError> {
-        principal.require(Scope::Admin)?;
+        Self::authorized(principal, Scope::Admin, table)?;
         let info = self.table(principal, table).await?;
         let state = self
             .memtable
@@ -332,7 +351,7 @@ impl Node {
         principal: &Principal,
         table: &str,
     ) -> Result<CompactionReport, PipelineError> {
-        principal.require(Scope::Admin)?;
+        Self::authorized(principal, Scope::Admin, table)?;
         let info = self.table(principal, table).await?;
         Ok(self
             .compaction
@@ -348,17 +367,54 @@ impl Node {
     pub async fn create_key(
         &self,
         principal: &Principal,
-        tenant: TenantId,
-        scopes: BTreeSet<Scope>,
-        label: Option<String>,
+        spec: KeySpec,
     ) -> Result<NewKey, PipelineError> {
-        principal.require_admin_of(&tenant)?;
+        principal.require_admin_of(&spec.tenant)?;
+        Ok(self.auth.send(CreateKey { spec }).await??)
+    }
+
+    /// Lists the API keys (never their secrets) of `tenant` (default: the principal's); the
+    /// operator tenant's admin may list any tenant's, or every key with `all`.
+    pub async fn keys(
+        &self,
+        principal: &Principal,
+        tenant: Option<TenantId>,
+        all: bool,
+    ) -> Result<Vec<KeyInfo>, PipelineError> {
+        let tenant = match (all, tenant) {
+            (true, _) => {
+                principal.require(Scope::Admin)?;
+                if principal.tenant.as_str() != alluvium_actors::auth::OPERATOR_TENANT {
+                    return Err(alluvium_actors::auth::AuthError::Forbidden {
+                        tenant: principal.tenant.to_string(),
+                        needed: Scope::Admin,
+                        table: None,
+                    }
+                    .into());
+                }
+                None
+            }
+            (false, t) => {
+                let t = t.unwrap_or_else(|| principal.tenant.clone());
+                principal.require_admin_of(&t)?;
+                Some(t)
+            }
+        };
+        Ok(self.auth.send(ListKeys { tenant }).await?)
+    }
+
+    /// Revokes the API key `id` (admin of its tenant, or of the operator tenant); `None` when
+    /// no such key is visible to the principal. Once answered, the key is refused by this node.
+    pub async fn revoke_key(
+        &self,
+        principal: &Principal,
+        id: &str,
+    ) -> Result<Option<KeyInfo>, PipelineError> {
         Ok(self
             .auth
-            .send(CreateKey {
-                tenant,
-                scopes,
-                label,
+            .send(RevokeKey {
+                id: id.to_string(),
+                by: principal.clone(),
             })
             .await??)
     }

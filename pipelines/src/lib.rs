@@ -26,6 +26,7 @@ pub mod lookup;
 pub mod notification;
 pub mod processing;
 pub mod query;
+pub mod quota;
 pub mod scan;
 pub mod sources;
 

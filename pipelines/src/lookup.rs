@@ -94,8 +94,9 @@ impl Node {
         include_hidden: bool,
         as_of: Option<u64>,
     ) -> Result<RecordBatch, PipelineError> {
-        principal.require(Scope::Query)?;
-        let info = self.table_info(Self::table_ref(principal, table)?).await?;
+        let info = self
+            .table_info(Self::authorized(principal, Scope::Query, table)?)
+            .await?;
         // The snapshot's schema: it is at least as new as every row the snapshot holds.
         let TableSnapshot {
             mem,

@@ -87,6 +87,7 @@ pub struct Node {
     pub(crate) wal_stats: Arc<WalStats>,
     pub(crate) memory_budget: usize,
     pub(crate) dedupe: SharedDedupe,
+    pub(crate) quotas: Arc<crate::quota::Quotas>,
     pub(crate) events: crate::notification::EventHub,
     pub(crate) rejects: Arc<std::sync::OnceLock<crate::notification::RejectSink>>,
     /// What happened to the bootstrap key at start.
@@ -262,6 +263,7 @@ impl Node {
             wal_stats,
             memory_budget: config.memory_budget,
             dedupe,
+            quotas: Default::default(),
             events,
             rejects: Default::default(),
             bootstrap: Arc::new(bootstrap),

@@ -50,6 +50,9 @@ pub enum ApiError {
     /// An inbound webhook delivery was refused (signature, timestamp, body mapping).
     #[error(transparent)]
     Hook(#[from] alluvium_pipelines::sources::webhook::HookError),
+    /// No API key with this id (or none the caller may see).
+    #[error("no API key with id {0:?}")]
+    KeyNotFound(String),
     /// No route.
     #[error("no such endpoint: {0}")]
     NotFound(String),
@@ -79,6 +82,7 @@ impl ApiError {
             }
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::KeyNotFound(_) => (StatusCode::NOT_FOUND, "key_not_found"),
             ApiError::Hook(h) => {
                 let (status, code) = h.status_and_code();
                 (
@@ -118,7 +122,9 @@ impl ResponseError for ApiError {
         let mut res = HttpResponse::build(status);
         res.content_type("application/problem+json");
         if let Some(after) = self.retry_after() {
-            res.insert_header((header::RETRY_AFTER, after.as_secs().max(1).to_string()));
+            // Rounded up: a client that waits what it is told is not refused again for it.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            res.insert_header((header::RETRY_AFTER, secs.max(1).to_string()));
         }
         if status == StatusCode::UNAUTHORIZED {
             res.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));

@@ -40,15 +40,24 @@ pub async fn events(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let principal = principal(&state, &req).await?;
-    principal
-        .require(Scope::Query)
-        .map_err(|e| ApiError::Pipeline(e.into()))?;
     let params = web::Query::<EventParams>::from_query(req.query_string())
         .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?
         .into_inner();
+    // Events of one table need `query` on it; of every table, `query` on every table.
     let table = match params.table {
-        Some(t) => Some(TableName::new(&t).map_err(|e| ApiError::Pipeline(e.into()))?),
-        None => None,
+        Some(t) => {
+            let t = TableName::new(&t).map_err(|e| ApiError::Pipeline(e.into()))?;
+            principal
+                .require_on(Scope::Query, &t)
+                .map_err(|e| ApiError::Pipeline(e.into()))?;
+            Some(t)
+        }
+        None => {
+            principal
+                .require(Scope::Query)
+                .map_err(|e| ApiError::Pipeline(e.into()))?;
+            None
+        }
     };
     let kinds: Vec<CommitKind> = match params.kinds.as_deref() {
         None | Some("") => Vec::new(),

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::{HttpRequest, HttpResponse, web};
-use alluvium_actors::auth::{Principal, Scope};
+use alluvium_actors::auth::{Grant, KeySpec, Principal, Quota};
 use alluvium_actors::catalog::DataFile;
 use alluvium_actors::ids::TenantId;
 use alluvium_actors::schema::TableSchema;
@@ -471,8 +471,23 @@ struct KeyRequest {
     scopes: Vec<String>,
     #[serde(default)]
     label: Option<String>,
+    /// RFC 3339.
+    #[serde(default)]
+    expires_at: Option<String>,
+    /// A duration from now: `"30d"`, `"12h"`.
+    #[serde(default)]
+    expires_in: Option<String>,
+    #[serde(default)]
+    quota: Option<Quota>,
 }
 
+fn key_request_error(reason: impl Into<String>) -> ApiError {
+    ApiError::Pipeline(PipelineError::Auth(AuthError::InvalidKeyRequest {
+        reason: reason.into(),
+    }))
+}
+
+/// `POST /v1/keys`: a new API key, shown once.
 pub async fn create_key(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -488,22 +503,77 @@ pub async fn create_key(
     let scopes = kr
         .scopes
         .iter()
-        .map(|s| {
-            Scope::parse(s).ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "unknown scope {s:?}; expected ingest, query or admin"
-                ))
-            })
-        })
+        .map(|s| Grant::parse(s).map_err(key_request_error))
         .collect::<Result<BTreeSet<_>>>()?;
-    let key = state
-        .node
-        .create_key(&principal, tenant, scopes, kr.label)
-        .await?;
-    Ok(HttpResponse::Created().json(serde_json::json!({
-        "key": key.key,
-        "id": key.id,
-        "tenant": key.tenant,
-        "scopes": key.scopes,
-    })))
+    let expires_at = match (kr.expires_at, kr.expires_in) {
+        (Some(_), Some(_)) => {
+            return Err(key_request_error("give expires_at or expires_in, not both"));
+        }
+        (Some(at), None) => Some(
+            chrono::DateTime::parse_from_rfc3339(&at)
+                .map_err(|e| key_request_error(format!("expires_at {at:?}: {e} (RFC 3339)")))?
+                .with_timezone(&chrono::Utc),
+        ),
+        (None, Some(d)) => {
+            let d: crate::config::HumanDuration = d
+                .parse()
+                .map_err(|e: String| key_request_error(format!("expires_in: {e}")))?;
+            let d = chrono::Duration::from_std(d.0)
+                .map_err(|_| key_request_error("expires_in is too long"))?;
+            Some(
+                chrono::Utc::now()
+                    .checked_add_signed(d)
+                    .ok_or_else(|| key_request_error("expires_in is too long"))?,
+            )
+        }
+        (None, None) => None,
+    };
+    let spec = KeySpec {
+        tenant,
+        scopes,
+        label: kr.label,
+        expires_at,
+        quota: kr.quota,
+    };
+    let key = state.node.create_key(&principal, spec).await?;
+    Ok(HttpResponse::Created().json(key))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyListParams {
+    tenant: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+/// `GET /v1/keys[?tenant=..|?all=true]`: key metadata, never secrets.
+pub async fn list_keys(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse> {
+    let principal = principal(&state, &req).await?;
+    let params = web::Query::<KeyListParams>::from_query(req.query_string())
+        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?
+        .into_inner();
+    let tenant = params
+        .tenant
+        .map(TenantId::new)
+        .transpose()
+        .map_err(PipelineError::from)?;
+    let keys = state.node.keys(&principal, tenant, params.all).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "keys": keys })))
+}
+
+/// `DELETE /v1/keys/{id}`: revokes a key; refused by this node from the answer on.
+pub async fn revoke_key(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    let principal = principal(&state, &req).await?;
+    match state.node.revoke_key(&principal, &id).await? {
+        Some(info) => Ok(HttpResponse::Ok().json(serde_json::json!({
+            "revoked": true,
+            "key": info,
+        }))),
+        None => Err(ApiError::KeyNotFound(id.into_inner())),
+    }
 }

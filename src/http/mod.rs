@@ -66,6 +66,8 @@ api_routes! {
     get "/metrics" => handlers::metrics,
     get "/v1/openapi.json" => openapi::document,
     post "/v1/keys" => handlers::create_key,
+    get "/v1/keys" => handlers::list_keys,
+    delete "/v1/keys/{id}" => handlers::revoke_key,
     get "/v1/events" => events::events,
     get "/v1/tables" => handlers::list_tables,
     put "/v1/tables/{table}" => handlers::create_table,

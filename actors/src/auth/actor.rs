@@ -92,23 +92,35 @@ impl Handler<CreateKey> for AuthActor {
     type Result = Result<NewKey, AuthError>;
 
     fn handle(&mut self, msg: CreateKey, _ctx: &mut Self::Context) -> Self::Result {
-        self.auth.create_key(msg.tenant, msg.scopes, msg.label)
+        self.auth.create_key(msg.spec)
     }
 }
 
 impl Handler<ListKeys> for AuthActor {
     type Result = Vec<KeyInfo>;
 
-    fn handle(&mut self, _msg: ListKeys, _ctx: &mut Self::Context) -> Self::Result {
-        self.auth.keys().list()
+    fn handle(&mut self, msg: ListKeys, _ctx: &mut Self::Context) -> Self::Result {
+        let mut keys = self.auth.keys().list();
+        if let Some(tenant) = &msg.tenant {
+            keys.retain(|k| &k.tenant == tenant);
+        }
+        keys
     }
 }
 
 impl Handler<RevokeKey> for AuthActor {
-    type Result = Result<bool, AuthError>;
+    type Result = Result<Option<KeyInfo>, AuthError>;
 
     fn handle(&mut self, msg: RevokeKey, _ctx: &mut Self::Context) -> Self::Result {
-        self.auth.revoke_key(&msg.id)
+        let Some(info) = self.auth.keys().get(&msg.id).cloned() else {
+            return Ok(None);
+        };
+        // Another tenant's key is not found rather than forbidden: ids are not to be probed.
+        if msg.by.require_admin_of(&info.tenant).is_err() {
+            msg.by.require(crate::auth::Scope::Admin)?;
+            return Ok(None);
+        }
+        Ok(self.auth.revoke_key(&msg.id)?.then_some(info))
     }
 }
 
@@ -119,7 +131,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::auth::{JwtConfig, JwtVerifier, Scope, mint_hs256};
+    use crate::auth::{Grant, JwtConfig, JwtVerifier, KeySpec, Scope, mint_hs256};
     use crate::ids::TenantId;
 
     const SECRET: &str = "actor-test-secret-long-enough-0123456789";
@@ -142,9 +154,7 @@ mod tests {
 
         let new = addr
             .send(CreateKey {
-                tenant: acme.clone(),
-                scopes: BTreeSet::from([Scope::Ingest]),
-                label: Some("producer".into()),
+                spec: KeySpec::new(acme.clone(), [Grant::all(Scope::Ingest)]).label("producer"),
             })
             .await
             .unwrap()
@@ -163,7 +173,7 @@ mod tests {
         let token = mint_hs256(
             SECRET,
             &acme,
-            &BTreeSet::from([Scope::Query]),
+            &BTreeSet::from([Grant::all(Scope::Query)]),
             Duration::from_secs(60),
             None,
             None,
@@ -185,16 +195,39 @@ mod tests {
             .unwrap_err();
         assert_eq!(bad.code(), "unauthenticated");
 
-        let listed = addr.send(ListKeys).await.unwrap();
+        let listed = addr.send(ListKeys { tenant: None }).await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].id, new.id);
-
+        let other = TenantId::new("other").unwrap();
         assert!(
-            addr.send(RevokeKey { id: new.id.clone() })
+            addr.send(ListKeys {
+                tenant: Some(other.clone())
+            })
+            .await
+            .unwrap()
+            .is_empty()
+        );
+
+        // Another tenant's admin does not see the key, let alone revoke it.
+        let outsider = Principal::new(other, [Grant::all(Scope::Admin)], "x");
+        let revoke = |by: &Principal| RevokeKey {
+            id: new.id.clone(),
+            by: by.clone(),
+        };
+        assert_eq!(addr.send(revoke(&outsider)).await.unwrap().unwrap(), None);
+        let ingest_only = Principal::new(acme.clone(), [Grant::all(Scope::Ingest)], "y");
+        assert_eq!(
+            addr.send(revoke(&ingest_only))
                 .await
                 .unwrap()
-                .unwrap()
+                .unwrap_err()
+                .code(),
+            "forbidden"
         );
+        let admin = Principal::new(acme.clone(), [Grant::all(Scope::Admin)], "z");
+        let revoked = addr.send(revoke(&admin)).await.unwrap().unwrap().unwrap();
+        assert_eq!(revoked.id, new.id);
+        assert_eq!(addr.send(revoke(&admin)).await.unwrap().unwrap(), None);
         let gone = addr
             .send(Authenticate {
                 credential: new.key.clone(),
@@ -215,7 +248,10 @@ mod tests {
         ));
         let mut other = KeyStore::open(dir.path().join("keys.json")).unwrap();
         let new = other
-            .create(TenantId::new("acme").unwrap(), [Scope::Query].into(), None)
+            .create(KeySpec::new(
+                TenantId::new("acme").unwrap(),
+                [Grant::all(Scope::Query)],
+            ))
             .unwrap();
         assert!(actor.auth.authenticate(&new.key).is_err());
         let mut ctx = Context::new();

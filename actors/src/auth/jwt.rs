@@ -31,7 +31,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use super::jwks::{JWKS_ALGORITHMS, Jwks, JwksSource, KeySet, Selected, redacted_url, shown_kid};
-use super::{AuthError, Principal, Scope};
+use super::{AuthError, Grant, Principal};
 use crate::ids::TenantId;
 
 /// The shortest HS256 secret accepted, in bytes: RFC 7518 asks for a key at least as long as
@@ -478,7 +478,7 @@ fn jwks_for(cfg: &JwtConfig) -> Result<Option<Arc<Jwks>>, AuthError> {
 pub fn mint_hs256(
     secret: &str,
     tenant: &TenantId,
-    scopes: &BTreeSet<Scope>,
+    scopes: &BTreeSet<Grant>,
     ttl: Duration,
     issuer: Option<&str>,
     audience: Option<&str>,
@@ -491,7 +491,7 @@ pub fn mint_hs256(
     let now = chrono::Utc::now().timestamp();
     let mut claims = serde_json::json!({
         "tenant": tenant.as_str(),
-        "scopes": scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        "scopes": scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         "iat": now,
         "exp": now.saturating_add(ttl_secs),
     });
@@ -593,11 +593,13 @@ fn principal_from(claims: Claims) -> Result<Principal, AuthError> {
             .flat_map(|s| s.split_ascii_whitespace().map(str::to_owned))
             .collect::<Vec<_>>(),
     );
-    let scopes = names.filter_map(|n| Scope::parse(&n)).collect();
+    // Unknown or malformed scope names grant nothing here and are ignored.
+    let scopes = names.filter_map(|n| Grant::parse(&n).ok()).collect();
     Ok(Principal {
         tenant,
         scopes,
         subject: claims.sub.unwrap_or_else(|| "jwt".to_owned()),
+        quota: None,
     })
 }
 

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+use crate::auth::{Grant, Scope};
 use serde_json::{Value, json};
 
 use super::*;
@@ -134,7 +136,10 @@ fn hs256_valid_token_gives_its_principal() {
         })))
         .unwrap();
     assert_eq!(p.tenant.as_str(), "acme");
-    assert_eq!(p.scopes, BTreeSet::from([Scope::Ingest, Scope::Query]));
+    assert_eq!(
+        p.scopes,
+        BTreeSet::from([Grant::all(Scope::Ingest), Grant::all(Scope::Query)])
+    );
     assert_eq!(p.subject, "svc-1");
 
     let p = v
@@ -398,7 +403,10 @@ fn unusable_configurations_are_refused() {
 #[test]
 fn minted_tokens_verify() {
     let tenant = TenantId::new("acme").unwrap();
-    let scopes = BTreeSet::from([Scope::Ingest, Scope::Admin]);
+    let scopes = BTreeSet::from([
+        Grant::all(Scope::Ingest),
+        Grant::parse("query:clicks").unwrap(),
+    ]);
     let token = mint_hs256(
         SECRET,
         &tenant,

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{AuthError, OPERATOR_TENANT, Principal, Scope};
+use super::{AuthError, Grant, OPERATOR_TENANT, Principal, Quota, Scope};
 use crate::ids::TenantId;
 
 /// The version written in, and required of, `keys.json`.
@@ -47,12 +47,55 @@ pub struct KeyInfo {
     /// The tenant the key authenticates as.
     pub tenant: TenantId,
     /// The scopes the key grants.
-    pub scopes: BTreeSet<Scope>,
+    pub scopes: BTreeSet<Grant>,
     /// A free-form label given at creation.
     pub label: Option<String>,
     /// When the key was created.
     #[serde(serialize_with = "ser_time")]
     pub created_at: DateTime<Utc>,
+    /// When the key stops authenticating; `None`: never.
+    #[serde(
+        serialize_with = "ser_opt_time",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Its rate limits; `None`: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
+}
+
+/// What a new key is to be: everything but its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpec {
+    /// The tenant it authenticates as.
+    pub tenant: TenantId,
+    /// The scopes it grants; at least one.
+    pub scopes: BTreeSet<Grant>,
+    /// A free-form label, at most 128 characters.
+    pub label: Option<String>,
+    /// When it stops authenticating (in the future); `None`: never.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Its rate limits; `None`: none.
+    pub quota: Option<Quota>,
+}
+
+impl KeySpec {
+    /// A key of `tenant` with `scopes`, no label, expiry or quota.
+    pub fn new(tenant: TenantId, scopes: impl IntoIterator<Item = Grant>) -> Self {
+        KeySpec {
+            tenant,
+            scopes: scopes.into_iter().collect(),
+            label: None,
+            expires_at: None,
+            quota: None,
+        }
+    }
+
+    /// With a label.
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
 }
 
 /// A freshly created key: the only time its plaintext exists outside the client.
@@ -65,12 +108,21 @@ pub struct NewKey {
     /// The tenant the key authenticates as.
     pub tenant: TenantId,
     /// The scopes the key grants.
-    pub scopes: BTreeSet<Scope>,
+    pub scopes: BTreeSet<Grant>,
     /// A free-form label given at creation.
     pub label: Option<String>,
     /// When the key was created.
     #[serde(serialize_with = "ser_time")]
     pub created_at: DateTime<Utc>,
+    /// When the key stops authenticating; `None`: never.
+    #[serde(
+        serialize_with = "ser_opt_time",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Its rate limits; `None`: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
 }
 
 impl fmt::Debug for NewKey {
@@ -82,7 +134,16 @@ impl fmt::Debug for NewKey {
             .field("scopes", &self.scopes)
             .field("label", &self.label)
             .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("quota", &self.quota)
             .finish()
+    }
+}
+
+fn ser_opt_time<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => ser_time(t, s),
+        None => s.serialize_none(),
     }
 }
 
@@ -104,10 +165,14 @@ struct KeyRecord {
     id: String,
     sha256: String,
     tenant: TenantId,
-    scopes: BTreeSet<Scope>,
+    scopes: BTreeSet<Grant>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     label: Option<String>,
     created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    quota: Option<Quota>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -179,14 +244,9 @@ impl KeyStore {
         self.keys.values().map(|k| k.info.clone()).collect()
     }
 
-    /// Generates a key for `tenant` with `scopes`, persists its digest and returns the plaintext.
-    pub fn create(
-        &mut self,
-        tenant: TenantId,
-        scopes: BTreeSet<Scope>,
-        label: Option<String>,
-    ) -> Result<NewKey, AuthError> {
-        validate_request(&scopes, label.as_deref())?;
+    /// Generates a key as `spec` says, persists its digest and returns the plaintext.
+    pub fn create(&mut self, spec: KeySpec) -> Result<NewKey, AuthError> {
+        validate_request(&spec)?;
         // Ids are 64-bit digest prefixes; a collision is astronomically unlikely, but retrying
         // costs nothing and keeps ids unique.
         for _ in 0..4 {
@@ -196,7 +256,7 @@ impl KeyStore {
             if self.keys.contains_key(&id) {
                 continue;
             }
-            let info = self.add(digest, id, tenant, scopes, label)?;
+            let info = self.add(digest, id, spec)?;
             return Ok(NewKey {
                 key,
                 id: info.id,
@@ -204,6 +264,8 @@ impl KeyStore {
                 scopes: info.scopes,
                 label: info.label,
                 created_at: info.created_at,
+                expires_at: info.expires_at,
+                quota: info.quota,
             });
         }
         Err(AuthError::invalid_request(
@@ -213,14 +275,8 @@ impl KeyStore {
 
     /// Stores a user-chosen key (the bootstrap key from the environment): 16 to 256 printable
     /// ASCII characters without spaces, not shaped like a JWT (two dots), not already stored.
-    pub fn insert_plaintext(
-        &mut self,
-        key: &str,
-        tenant: TenantId,
-        scopes: BTreeSet<Scope>,
-        label: Option<String>,
-    ) -> Result<KeyInfo, AuthError> {
-        validate_request(&scopes, label.as_deref())?;
+    pub fn insert_plaintext(&mut self, key: &str, spec: KeySpec) -> Result<KeyInfo, AuthError> {
+        validate_request(&spec)?;
         validate_user_key(key)?;
         let digest = sha256(key);
         let id = key_id(&digest);
@@ -229,7 +285,7 @@ impl KeyStore {
                 "a key with id {id} already exists"
             )));
         }
-        self.add(digest, id, tenant, scopes, label)
+        self.add(digest, id, spec)
     }
 
     /// Removes the key with `id`; returns whether it existed. Persisted before it takes effect.
@@ -245,39 +301,52 @@ impl KeyStore {
         Ok(true)
     }
 
-    /// Returns the principal of `credential` if it is a stored key, `None` otherwise.
-    pub fn verify(&self, credential: &str) -> Option<Principal> {
+    /// The key with `id`, if stored.
+    pub fn get(&self, id: &str) -> Option<&KeyInfo> {
+        self.keys.get(id).map(|k| &k.info)
+    }
+
+    /// Returns the principal of `credential` if it is a stored key whose expiry has not
+    /// passed: [`AuthError::InvalidApiKey`] for an unknown key, [`AuthError::KeyExpired`] for
+    /// an expired one.
+    pub fn verify(&self, credential: &str) -> Result<Principal, AuthError> {
         if credential.is_empty() {
-            return None;
+            return Err(AuthError::InvalidApiKey);
         }
         let digest = sha256(credential);
-        let stored = self.keys.get(&key_id(&digest))?;
-        if bool::from(stored.digest.ct_eq(&digest)) {
-            Some(Principal {
-                tenant: stored.info.tenant.clone(),
-                scopes: stored.info.scopes.clone(),
-                subject: stored.info.id.clone(),
-            })
-        } else {
-            None
+        let stored = self
+            .keys
+            .get(&key_id(&digest))
+            .ok_or(AuthError::InvalidApiKey)?;
+        if !bool::from(stored.digest.ct_eq(&digest)) {
+            return Err(AuthError::InvalidApiKey);
         }
+        let info = &stored.info;
+        if let Some(at) = info.expires_at
+            && at <= Utc::now()
+        {
+            return Err(AuthError::KeyExpired {
+                expired_at: at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            });
+        }
+        Ok(Principal {
+            tenant: info.tenant.clone(),
+            scopes: info.scopes.clone(),
+            subject: info.id.clone(),
+            quota: info.quota.filter(|q| !q.is_unlimited()),
+        })
     }
 
     /// Adds a key and persists the store; memory changes only when the write succeeded.
-    fn add(
-        &mut self,
-        digest: [u8; 32],
-        id: String,
-        tenant: TenantId,
-        scopes: BTreeSet<Scope>,
-        label: Option<String>,
-    ) -> Result<KeyInfo, AuthError> {
+    fn add(&mut self, digest: [u8; 32], id: String, spec: KeySpec) -> Result<KeyInfo, AuthError> {
         let info = KeyInfo {
             id: id.clone(),
-            tenant,
-            scopes,
-            label,
+            tenant: spec.tenant,
+            scopes: spec.scopes,
+            label: spec.label,
             created_at: Utc::now(),
+            expires_at: spec.expires_at,
+            quota: spec.quota,
         };
         self.keys.insert(
             id.clone(),
@@ -307,6 +376,11 @@ impl KeyStore {
                     scopes: k.info.scopes.clone(),
                     label: k.info.label.clone(),
                     created_at: k.info.created_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                    expires_at: k
+                        .info
+                        .expires_at
+                        .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+                    quota: k.info.quota,
                 })
                 .collect(),
         };
@@ -372,11 +446,10 @@ pub fn bootstrap(
     }
     let tenant = TenantId::new(OPERATOR_TENANT)
         .map_err(|e| AuthError::config(format!("operator tenant: {e}")))?;
-    let scopes = BTreeSet::from([Scope::Admin]);
-    let label = Some("bootstrap".to_owned());
+    let spec = KeySpec::new(tenant, [Grant::all(Scope::Admin)]).label("bootstrap");
     match env_key {
         Some(key) => {
-            let info = store.insert_plaintext(&key, tenant, scopes, label)?;
+            let info = store.insert_plaintext(&key, spec)?;
             tracing::info!(key_id = %info.id, tenant = OPERATOR_TENANT, "bootstrap admin key created from the environment");
             Ok(Bootstrap::FromEnv { id: info.id })
         }
@@ -387,7 +460,7 @@ pub fn bootstrap(
             // the next start generates a new key and overwrites the file. The other order could
             // persist a key nobody ever saw.
             write_private_file(&path, format!("{key}\n").as_bytes())?;
-            let info = store.insert_plaintext(&key, tenant, scopes, label)?;
+            let info = store.insert_plaintext(&key, spec)?;
             tracing::info!(key_id = %info.id, tenant = OPERATOR_TENANT, path = %path.display(), "bootstrap admin key generated");
             Ok(Bootstrap::Generated {
                 id: info.id,
@@ -449,12 +522,23 @@ fn parse_key_file(bytes: &[u8]) -> Result<BTreeMap<String, StoredKey>, String> {
         let created_at = DateTime::parse_from_rfc3339(&rec.created_at)
             .map_err(|e| format!("key {}: created_at: {e}", rec.id))?
             .with_timezone(&Utc);
+        let expires_at = rec
+            .expires_at
+            .as_deref()
+            .map(|t| {
+                DateTime::parse_from_rfc3339(t)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|e| format!("key {}: expires_at: {e}", rec.id))
+            })
+            .transpose()?;
         let info = KeyInfo {
             id: rec.id.clone(),
             tenant: rec.tenant,
             scopes: rec.scopes,
             label: rec.label,
             created_at,
+            expires_at,
+            quota: rec.quota,
         };
         if keys
             .insert(rec.id.clone(), StoredKey { digest, info })
@@ -466,11 +550,21 @@ fn parse_key_file(bytes: &[u8]) -> Result<BTreeMap<String, StoredKey>, String> {
     Ok(keys)
 }
 
-fn validate_request(scopes: &BTreeSet<Scope>, label: Option<&str>) -> Result<(), AuthError> {
-    if scopes.is_empty() {
+fn validate_request(spec: &KeySpec) -> Result<(), AuthError> {
+    if spec.scopes.is_empty() {
         return Err(AuthError::invalid_request("at least one scope is required"));
     }
-    if let Some(label) = label {
+    if let Some(at) = spec.expires_at
+        && at <= Utc::now()
+    {
+        return Err(AuthError::invalid_request(
+            "expires_at must be in the future",
+        ));
+    }
+    if let Some(q) = &spec.quota {
+        q.validate().map_err(AuthError::invalid_request)?;
+    }
+    if let Some(label) = spec.label.as_deref() {
         if label.chars().count() > MAX_LABEL_CHARS {
             return Err(AuthError::invalid_request(format!(
                 "label longer than {MAX_LABEL_CHARS} characters"

@@ -8,6 +8,21 @@ fn tenant(name: &str) -> TenantId {
     TenantId::new(name).unwrap()
 }
 
+fn spec(
+    tenant: TenantId,
+    scopes: impl IntoIterator<Item = Scope>,
+    label: Option<String>,
+) -> KeySpec {
+    KeySpec {
+        label,
+        ..KeySpec::new(tenant, scopes.into_iter().map(Grant::all))
+    }
+}
+
+fn grants(scopes: &[Scope]) -> BTreeSet<Grant> {
+    scopes.iter().copied().map(Grant::all).collect()
+}
+
 fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
@@ -19,7 +34,7 @@ fn create_then_verify_roundtrip() {
     assert!(store.is_empty());
     let scopes = BTreeSet::from([Scope::Ingest, Scope::Query]);
     let new = store
-        .create(tenant("acme"), scopes.clone(), Some("ci".into()))
+        .create(spec(tenant("acme"), scopes.clone(), Some("ci".into())))
         .unwrap();
     assert!(new.key.starts_with(KEY_PREFIX));
     assert_eq!(new.key.len(), KEY_PREFIX.len() + KEY_RANDOM_CHARS);
@@ -32,7 +47,7 @@ fn create_then_verify_roundtrip() {
 
     let p = store.verify(&new.key).unwrap();
     assert_eq!(p.tenant, tenant("acme"));
-    assert_eq!(p.scopes, scopes);
+    assert_eq!(p.scopes, scopes.iter().copied().map(Grant::all).collect());
     assert_eq!(p.subject, new.id);
     assert_eq!(store.list().len(), 1);
     assert_eq!(mode(store.path()), 0o600);
@@ -43,19 +58,19 @@ fn wrong_truncated_and_empty_keys_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = KeyStore::open(dir.path().join("keys.json")).unwrap();
     let new = store
-        .create(tenant("acme"), [Scope::Ingest].into(), None)
+        .create(spec(tenant("acme"), [Scope::Ingest], None))
         .unwrap();
-    assert!(store.verify("").is_none());
-    assert!(store.verify(&new.key[..new.key.len() - 1]).is_none());
-    assert!(store.verify(&format!("{}x", new.key)).is_none());
+    assert!(store.verify("").is_err());
+    assert!(store.verify(&new.key[..new.key.len() - 1]).is_err());
+    assert!(store.verify(&format!("{}x", new.key)).is_err());
     let mut flipped = new.key.clone().into_bytes();
     let last = flipped.len() - 1;
     flipped[last] = if flipped[last] == b'a' { b'b' } else { b'a' };
-    assert!(store.verify(&String::from_utf8(flipped).unwrap()).is_none());
+    assert!(store.verify(&String::from_utf8(flipped).unwrap()).is_err());
     assert!(
         store
             .verify("alv_0000000000000000000000000000000000000000")
-            .is_none()
+            .is_err()
     );
 }
 
@@ -65,10 +80,10 @@ fn keys_persist_across_reopen_without_plaintext() {
     let path = dir.path().join("keys.json");
     let mut store = KeyStore::open(path.clone()).unwrap();
     let a = store
-        .create(tenant("acme"), [Scope::Ingest].into(), Some("a".into()))
+        .create(spec(tenant("acme"), [Scope::Ingest], Some("a".into())))
         .unwrap();
     let b = store
-        .create(tenant("beta"), [Scope::Admin].into(), None)
+        .create(spec(tenant("beta"), [Scope::Admin], None))
         .unwrap();
     drop(store);
 
@@ -82,7 +97,7 @@ fn keys_persist_across_reopen_without_plaintext() {
     assert_eq!(store.verify(&a.key).unwrap().tenant, tenant("acme"));
     assert_eq!(
         store.verify(&b.key).unwrap().scopes,
-        BTreeSet::from([Scope::Admin])
+        grants(&[Scope::Admin])
     );
     let infos = store.list();
     assert!(infos.iter().any(|i| i.label.as_deref() == Some("a")));
@@ -94,11 +109,11 @@ fn revoke_removes_the_key_durably() {
     let path = dir.path().join("keys.json");
     let mut store = KeyStore::open(path.clone()).unwrap();
     let a = store
-        .create(tenant("acme"), [Scope::Query].into(), None)
+        .create(spec(tenant("acme"), [Scope::Query], None))
         .unwrap();
     assert!(store.revoke(&a.id).unwrap());
     assert!(!store.revoke(&a.id).unwrap());
-    assert!(store.verify(&a.key).is_none());
+    assert!(store.verify(&a.key).is_err());
     assert!(KeyStore::open(path).unwrap().is_empty());
 }
 
@@ -137,18 +152,18 @@ fn invalid_requests_are_refused_and_change_nothing() {
     let path = dir.path().join("keys.json");
     let mut store = KeyStore::open(path.clone()).unwrap();
     let err = store
-        .create(tenant("a"), BTreeSet::new(), None)
+        .create(spec(tenant("a"), BTreeSet::new(), None))
         .unwrap_err();
     assert_eq!(err.code(), "invalid_key_request");
     let long = "x".repeat(MAX_LABEL_CHARS + 1);
     assert!(
         store
-            .create(tenant("a"), [Scope::Query].into(), Some(long))
+            .create(spec(tenant("a"), [Scope::Query], Some(long)))
             .is_err()
     );
     assert!(
         store
-            .create(tenant("a"), [Scope::Query].into(), Some("a\nb".into()))
+            .create(spec(tenant("a"), [Scope::Query], Some("a\nb".into())))
             .is_err()
     );
     for bad in [
@@ -158,7 +173,7 @@ fn invalid_requests_are_refused_and_change_nothing() {
         "é-not-ascii-0123456",
     ] {
         let err = store
-            .insert_plaintext(bad, tenant("a"), [Scope::Admin].into(), None)
+            .insert_plaintext(bad, spec(tenant("a"), [Scope::Admin], None))
             .unwrap_err();
         assert_eq!(err.code(), "invalid_key_request", "{bad}");
     }
@@ -166,10 +181,10 @@ fn invalid_requests_are_refused_and_change_nothing() {
     assert!(!path.exists());
 
     store
-        .insert_plaintext("0123456789abcdef", tenant("a"), [Scope::Admin].into(), None)
+        .insert_plaintext("0123456789abcdef", spec(tenant("a"), [Scope::Admin], None))
         .unwrap();
     let dup = store
-        .insert_plaintext("0123456789abcdef", tenant("b"), [Scope::Admin].into(), None)
+        .insert_plaintext("0123456789abcdef", spec(tenant("b"), [Scope::Admin], None))
         .unwrap_err();
     assert_eq!(dup.code(), "invalid_key_request");
 }
@@ -185,7 +200,7 @@ fn bootstrap_from_env() {
     };
     let p = store.verify(key).unwrap();
     assert_eq!(p.tenant.as_str(), OPERATOR_TENANT);
-    assert_eq!(p.scopes, BTreeSet::from([Scope::Admin]));
+    assert_eq!(p.scopes, grants(&[Scope::Admin]));
     assert_eq!(p.subject, id);
     assert!(!dir.path().join(BOOTSTRAP_FILE).exists());
 
@@ -217,7 +232,7 @@ fn bootstrap_generated_writes_a_private_file() {
     assert!(p.require(Scope::Ingest).is_ok());
     // Survives a restart, and the restart does not bootstrap again.
     let mut reopened = KeyStore::open(dir.path().join("keys.json")).unwrap();
-    assert!(reopened.verify(&key).is_some());
+    assert!(reopened.verify(&key).is_ok());
     assert!(matches!(
         bootstrap(&mut reopened, None, dir.path()).unwrap(),
         Bootstrap::AlreadyHasKeys
@@ -229,7 +244,7 @@ fn new_key_debug_redacts_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = KeyStore::open(dir.path().join("keys.json")).unwrap();
     let new = store
-        .create(tenant("acme"), [Scope::Query].into(), None)
+        .create(spec(tenant("acme"), [Scope::Query], None))
         .unwrap();
     let debug = format!("{new:?}");
     assert!(!debug.contains(&new.key));
@@ -242,4 +257,69 @@ fn hex_roundtrip() {
     assert_eq!(unhex32(&hex(&d)), Some(d));
     assert_eq!(unhex32(&hex(&d).to_uppercase()), None);
     assert_eq!(unhex32("ab"), None);
+}
+
+#[test]
+fn expiry_and_quota_persist_and_expired_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.json");
+    let mut store = KeyStore::open(path.clone()).unwrap();
+    let quota = Quota {
+        events_per_sec: Some(100),
+        bytes_per_sec: None,
+    };
+    let soon = Utc::now() + chrono::Duration::milliseconds(1500);
+    let new = store
+        .create(KeySpec {
+            expires_at: Some(soon),
+            quota: Some(quota),
+            ..spec(tenant("acme"), [Scope::Ingest], None)
+        })
+        .unwrap();
+    let p = store.verify(&new.key).unwrap();
+    assert_eq!(p.quota, Some(quota));
+    let reopened = KeyStore::open(path.clone()).unwrap();
+    let info = reopened.get(&new.id).unwrap();
+    assert_eq!(info.quota, Some(quota));
+    assert_eq!(
+        info.expires_at.map(|t| t.timestamp()),
+        Some(soon.timestamp())
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let err = reopened.verify(&new.key).unwrap_err();
+    assert_eq!(err.code(), "key_expired");
+    assert!(err.is_unauthenticated());
+
+    // A past expiry, a zero quota and a table grant with a bad name are refused at creation.
+    let past = KeySpec {
+        expires_at: Some(Utc::now() - chrono::Duration::seconds(1)),
+        ..spec(tenant("acme"), [Scope::Ingest], None)
+    };
+    assert_eq!(
+        store.create(past).unwrap_err().code(),
+        "invalid_key_request"
+    );
+    let zero = KeySpec {
+        quota: Some(Quota {
+            events_per_sec: Some(0),
+            bytes_per_sec: None,
+        }),
+        ..spec(tenant("acme"), [Scope::Ingest], None)
+    };
+    assert_eq!(
+        store.create(zero).unwrap_err().code(),
+        "invalid_key_request"
+    );
+    // Table grants round-trip through the file.
+    let scoped = store
+        .create(KeySpec::new(
+            tenant("acme"),
+            [Grant::parse("ingest:clicks").unwrap()],
+        ))
+        .unwrap();
+    let reopened = KeyStore::open(path).unwrap();
+    assert_eq!(
+        reopened.verify(&scoped.key).unwrap().scopes,
+        BTreeSet::from([Grant::parse("ingest:clicks").unwrap()])
+    );
 }

@@ -1,11 +1,10 @@
 //! Messages of the [`AuthActor`](super::AuthActor), each with its typed reply.
 
-use std::collections::BTreeSet;
 use std::fmt;
 
 use actix::Message;
 
-use super::{AuthError, KeyInfo, NewKey, Principal, Scope};
+use super::{AuthError, KeyInfo, KeySpec, NewKey, Principal};
 use crate::ids::TenantId;
 
 /// Authenticates a bare credential (API key or JWT). Data path: send with `send().await`.
@@ -25,28 +24,32 @@ impl fmt::Debug for Authenticate {
     }
 }
 
-/// Creates an API key for `tenant` with `scopes`; the caller checks who may ask
+/// Creates an API key as `spec` says; the caller checks who may ask
 /// ([`Principal::require_admin_of`](super::Principal::require_admin_of)).
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<NewKey, AuthError>")]
 pub struct CreateKey {
-    /// The tenant the key will authenticate as.
-    pub tenant: TenantId,
-    /// The scopes the key will grant; at least one.
-    pub scopes: BTreeSet<Scope>,
-    /// A free-form label, at most 128 characters.
-    pub label: Option<String>,
+    /// What the key is to be.
+    pub spec: KeySpec,
 }
 
-/// Lists the metadata of every stored API key (never their secrets).
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "Vec<KeyInfo>")]
-pub struct ListKeys;
-
-/// Revokes the API key with `id`; replies whether it existed.
+/// Lists the metadata of the stored API keys (never their secrets), ordered by id: those of
+/// `tenant`, or of every tenant.
 #[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<bool, AuthError>")]
+#[rtype(result = "Vec<KeyInfo>")]
+pub struct ListKeys {
+    /// Only the keys of this tenant; `None`: every key.
+    pub tenant: Option<TenantId>,
+}
+
+/// Revokes the API key with `id`, if `by` may manage keys of its tenant; replies with the
+/// revoked key, or `None` when there is no such key (or one `by` may not see). Persisted before
+/// it takes effect: once answered, the key authenticates nothing on this node.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Option<KeyInfo>, AuthError>")]
 pub struct RevokeKey {
     /// The key id.
     pub id: String,
+    /// Who asks.
+    pub by: Principal,
 }

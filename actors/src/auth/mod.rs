@@ -29,6 +29,7 @@
 //! [`messages`]; the logic modules here do not depend on actix.
 
 pub mod actor;
+pub mod grants;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
@@ -40,11 +41,12 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::TenantId;
+use crate::ids::{TableName, TenantId};
 
 pub use actor::AuthActor;
+pub use grants::{Grant, Quota};
 pub use jwt::{JwtConfig, JwtVerifier, Verification, mint_hs256};
-pub use keys::{Bootstrap, KeyInfo, KeyStore, NewKey, bootstrap};
+pub use keys::{Bootstrap, KeyInfo, KeySpec, KeyStore, NewKey, bootstrap};
 pub use messages::{Authenticate, CreateKey, ListKeys, RevokeKey};
 
 /// The longest credential accepted, in bytes. Longer input is refused before it is hashed or
@@ -73,12 +75,23 @@ pub enum AuthError {
     #[error("token expired")]
     TokenExpired,
     /// The principal is authenticated but lacks the scope the operation needs (403).
-    #[error("forbidden: tenant {tenant:?} lacks the {needed} scope")]
+    #[error(
+        "forbidden: this credential of tenant {tenant:?} lacks the {needed} scope{}",
+        match table { Some(t) => format!(" on table {t:?}"), None => " on every table".to_string() }
+    )]
     Forbidden {
         /// The tenant of the principal.
         tenant: String,
         /// The scope the operation needs.
         needed: Scope,
+        /// The table it needs it on; `None`: on every table (tenant-wide operations).
+        table: Option<String>,
+    },
+    /// The API key's expiry has passed (401).
+    #[error("API key expired at {expired_at}")]
+    KeyExpired {
+        /// When it expired (RFC 3339).
+        expired_at: String,
     },
     /// A key creation request is invalid: bad scopes, label or user-provided key (400).
     #[error("invalid key request: {reason}")]
@@ -122,6 +135,7 @@ impl AuthError {
             AuthError::InvalidToken { .. } => "invalid_token",
             AuthError::TokenExpired => "token_expired",
             AuthError::Forbidden { .. } => "forbidden",
+            AuthError::KeyExpired { .. } => "key_expired",
             AuthError::InvalidKeyRequest { .. } => "invalid_key_request",
             AuthError::KeyStoreIo { .. } => "key_store_io",
             AuthError::KeyStoreCorrupt { .. } => "key_store_corrupt",
@@ -137,6 +151,7 @@ impl AuthError {
                 | AuthError::InvalidApiKey
                 | AuthError::InvalidToken { .. }
                 | AuthError::TokenExpired
+                | AuthError::KeyExpired { .. }
         )
     }
 
@@ -213,41 +228,84 @@ impl fmt::Display for Scope {
 pub struct Principal {
     /// The tenant every operation of this principal is confined to.
     pub tenant: TenantId,
-    /// The granted scopes.
-    pub scopes: BTreeSet<Scope>,
+    /// The granted scopes, each on every table of the tenant or on one table.
+    pub scopes: BTreeSet<Grant>,
     /// The API key id or the JWT `sub` (`"jwt"` when the token has none); for logs and audits.
     pub subject: String,
+    /// The API key's rate limits, if it has any.
+    pub quota: Option<Quota>,
 }
 
 impl Principal {
-    /// Succeeds when the principal holds `scope`, or holds `Admin` (which implies every scope
-    /// within its own tenant); otherwise returns [`AuthError::Forbidden`].
-    pub fn require(&self, scope: Scope) -> Result<(), AuthError> {
-        if self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin) {
-            Ok(())
-        } else {
-            Err(AuthError::Forbidden {
-                tenant: self.tenant.to_string(),
-                needed: scope,
-            })
+    /// A principal with `scopes` on every table of `tenant` and no quota.
+    pub fn new(
+        tenant: TenantId,
+        scopes: impl IntoIterator<Item = Grant>,
+        subject: impl Into<String>,
+    ) -> Self {
+        Principal {
+            tenant,
+            scopes: scopes.into_iter().collect(),
+            subject: subject.into(),
+            quota: None,
         }
     }
 
-    /// Succeeds when the principal may manage API keys of `tenant`: it needs `Admin`, and either
-    /// belongs to `tenant` or to the operator tenant [`OPERATOR_TENANT`] (whose admins, starting
-    /// with the bootstrap key, provision the other tenants).
-    pub fn require_admin_of(&self, tenant: &TenantId) -> Result<(), AuthError> {
-        let forbidden = || AuthError::Forbidden {
+    fn forbidden(&self, needed: Scope, table: Option<&TableName>) -> AuthError {
+        AuthError::Forbidden {
             tenant: self.tenant.to_string(),
-            needed: Scope::Admin,
-        };
-        if !self.scopes.contains(&Scope::Admin) {
-            return Err(forbidden());
+            needed,
+            table: table.map(|t| t.to_string()),
         }
+    }
+
+    /// Whether a grant allows `scope` on `table` (an admin grant allows every scope where it
+    /// applies).
+    pub fn may(&self, scope: Scope, table: &TableName) -> bool {
+        self.scopes.iter().any(|g| g.allows(scope, Some(table)))
+    }
+
+    /// Succeeds when a grant allows `scope` on `table`; otherwise [`AuthError::Forbidden`].
+    pub fn require_on(&self, scope: Scope, table: &TableName) -> Result<(), AuthError> {
+        if self.may(scope, table) {
+            Ok(())
+        } else {
+            Err(self.forbidden(scope, Some(table)))
+        }
+    }
+
+    /// Succeeds when a grant allows `scope` on every table of the tenant (tenant-wide
+    /// operations); otherwise [`AuthError::Forbidden`].
+    pub fn require(&self, scope: Scope) -> Result<(), AuthError> {
+        if self.scopes.iter().any(|g| g.allows(scope, None)) {
+            Ok(())
+        } else {
+            Err(self.forbidden(scope, None))
+        }
+    }
+
+    /// Succeeds when a grant allows `scope` on at least one table (listing what it may see).
+    pub fn require_some(&self, scope: Scope) -> Result<(), AuthError> {
+        if self
+            .scopes
+            .iter()
+            .any(|g| g.scope == scope || g.scope == Scope::Admin)
+        {
+            Ok(())
+        } else {
+            Err(self.forbidden(scope, None))
+        }
+    }
+
+    /// Succeeds when the principal may manage API keys of `tenant`: it needs `admin` on every
+    /// table, and either belongs to `tenant` or to the operator tenant [`OPERATOR_TENANT`]
+    /// (whose admins, starting with the bootstrap key, provision the other tenants).
+    pub fn require_admin_of(&self, tenant: &TenantId) -> Result<(), AuthError> {
+        self.require(Scope::Admin)?;
         if &self.tenant == tenant || self.tenant.as_str() == OPERATOR_TENANT {
             Ok(())
         } else {
-            Err(forbidden())
+            Err(self.forbidden(Scope::Admin, None))
         }
     }
 }
@@ -274,7 +332,7 @@ impl Authenticator {
     pub fn authenticate(&self, credential: &str) -> Result<Principal, AuthError> {
         match self.route(credential)? {
             Some(verifier) => verifier.verify(credential),
-            None => self.keys.verify(credential).ok_or(AuthError::InvalidApiKey),
+            None => self.keys.verify(credential),
         }
     }
 
@@ -284,9 +342,7 @@ impl Authenticator {
     pub fn authenticate_or_refetch(&self, credential: &str) -> Verification {
         match self.route(credential) {
             Ok(Some(verifier)) => verifier.verify_or_refetch(credential),
-            Ok(None) => {
-                Verification::Ready(self.keys.verify(credential).ok_or(AuthError::InvalidApiKey))
-            }
+            Ok(None) => Verification::Ready(self.keys.verify(credential)),
             Err(e) => Verification::Ready(Err(e)),
         }
     }
@@ -319,13 +375,8 @@ impl Authenticator {
     }
 
     /// Creates and persists a new API key; the plaintext is in the returned [`NewKey`] only.
-    pub fn create_key(
-        &mut self,
-        tenant: TenantId,
-        scopes: BTreeSet<Scope>,
-        label: Option<String>,
-    ) -> Result<NewKey, AuthError> {
-        self.keys.create(tenant, scopes, label)
+    pub fn create_key(&mut self, spec: KeySpec) -> Result<NewKey, AuthError> {
+        self.keys.create(spec)
     }
 
     /// Revokes and persists the removal of the API key with `id`; returns whether it existed.
@@ -350,11 +401,42 @@ mod tests {
     use super::*;
 
     fn principal(tenant: &str, scopes: &[Scope]) -> Principal {
-        Principal {
-            tenant: TenantId::new(tenant).unwrap(),
-            scopes: scopes.iter().copied().collect(),
-            subject: "k".into(),
+        Principal::new(
+            TenantId::new(tenant).unwrap(),
+            scopes.iter().copied().map(Grant::all),
+            "k",
+        )
+    }
+
+    fn table(t: &str) -> TableName {
+        TableName::new(t).unwrap()
+    }
+
+    #[test]
+    fn table_grants_allow_only_their_table() {
+        let p = Principal::new(
+            TenantId::new("acme").unwrap(),
+            [
+                Grant::parse("ingest:clicks").unwrap(),
+                Grant::parse("admin:orders").unwrap(),
+            ],
+            "k",
+        );
+        assert!(p.require_on(Scope::Ingest, &table("clicks")).is_ok());
+        let err = p.require_on(Scope::Query, &table("clicks")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "forbidden: this credential of tenant \"acme\" lacks the query scope on table \"clicks\""
+        );
+        assert!(p.require_on(Scope::Ingest, &table("other")).is_err());
+        // An admin grant on a table implies the other scopes there, not elsewhere.
+        for s in [Scope::Ingest, Scope::Query, Scope::Admin] {
+            assert!(p.require_on(s, &table("orders")).is_ok());
         }
+        // Tenant-wide operations need a grant on every table; listing needs one on some.
+        assert!(p.require(Scope::Ingest).is_err());
+        assert!(p.require_some(Scope::Query).is_ok());
+        assert!(p.require_admin_of(&TenantId::new("acme").unwrap()).is_err());
     }
 
     #[test]
@@ -420,7 +502,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut keys = KeyStore::open(dir.path().join("keys.json")).unwrap();
         let new = keys
-            .create(TenantId::new("acme").unwrap(), [Scope::Query].into(), None)
+            .create(KeySpec::new(
+                TenantId::new("acme").unwrap(),
+                [Grant::all(Scope::Query)],
+            ))
             .unwrap();
         let auth = Authenticator::new(keys, None);
 

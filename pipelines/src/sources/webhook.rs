@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
-use alluvium_actors::auth::{Principal, Scope};
+use alluvium_actors::auth::{Grant, Principal, Scope};
 use alluvium_actors::ids::{TableName, TenantId};
 use base64::Engine as _;
 use bytes::Bytes;
@@ -315,11 +315,14 @@ impl Hook {
                 "webhook source {name:?}: field {column:?}: {pointer:?} is not a JSON pointer (it starts with '/')"
             ));
         }
-        let principal = Principal {
+        // Least privilege: ingest into its own table, nothing else.
+        let table = TableName::new(config.table.clone())
+            .map_err(|e| format!("webhook source {name:?}: table: {e}"))?;
+        let principal = Principal::new(
             tenant,
-            scopes: BTreeSet::from([Scope::Ingest]),
-            subject: format!("hook:{name}"),
-        };
+            [Grant::on(Scope::Ingest, table)],
+            format!("hook:{name}"),
+        );
         Ok(Hook { config, principal })
     }
 
@@ -333,7 +336,7 @@ impl Hook {
         &self.config.table
     }
 
-    /// The principal its deliveries are ingested as: its tenant, `ingest` scope only.
+    /// The principal its deliveries are ingested as: its tenant, `ingest` on its table only.
     pub fn principal(&self) -> &Principal {
         &self.principal
     }
