@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -355,25 +354,13 @@ fn generic_hmac_and_bad_deliveries_write_nothing() {
 #[test]
 fn an_invalid_source_refuses_the_start() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(binary());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("ALLUVIUM_") {
-            cmd.env_remove(k);
-        }
-    }
-    let out = cmd
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .env(
+    let stderr = start_refused(
+        &dir.path().join("data"),
+        &[(
             "ALLUVIUM_SOURCES__WEBHOOK",
             r#"[{ name = "gh", table = "t", scheme = "github", secrets = ["short"] }]"#,
-        )
-        .env("ALLUVIUM_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "started: {stderr}");
+        )],
+    );
     assert!(
         stderr.contains("invalid [[sources.webhook]] configuration")
             && stderr.contains("a secret of 5 bytes is too short"),

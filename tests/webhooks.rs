@@ -8,7 +8,6 @@ mod common;
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::http_sink::{Log, Received, http_sink};
@@ -299,29 +298,11 @@ fn an_invalid_webhook_refuses_the_start() {
         "[[webhooks]]\nname = \"hook\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"too-short\"\n",
     )
     .unwrap();
-    let mut cmd = Command::new(binary());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("ALLUVIUM_") {
-            cmd.env_remove(k);
-        }
-    }
-    let out = cmd
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .env("ALLUVIUM_CONFIG", &config)
-        .env("ALLUVIUM_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "started: {stderr}");
+    let config = config.display().to_string();
+    let stderr = start_refused(&dir.path().join("data"), &[("ALLUVIUM_CONFIG", &config)]);
     assert!(
         stderr.contains("invalid [[webhooks]] configuration")
             && stderr.contains("webhook hook: secret must be at least 16 bytes"),
         "{stderr}"
     );
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
 }

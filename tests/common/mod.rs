@@ -26,6 +26,30 @@ pub fn binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_alluvium")))
 }
 
+/// Runs `alluvium serve` on `data_dir` with only the `ALLUVIUM_*` settings of `env`, expecting it
+/// to refuse to start; returns what it wrote to stderr. Asserts that it exited with an error and
+/// never listened.
+pub fn start_refused(data_dir: &Path, env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(binary());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ALLUVIUM_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("ALLUVIUM_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "started: {stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
+    stderr
+}
+
 /// A running server process.
 pub struct Server {
     child: Child,

@@ -197,7 +197,7 @@ mod tests {
 
         let listed = addr.send(ListKeys { tenant: None }).await.unwrap();
         assert_eq!(listed.len(), 1);
-        assert_eq!(listed[0].id, new.id);
+        assert_eq!(listed[0].id, new.info.id);
         let other = TenantId::new("other").unwrap();
         assert!(
             addr.send(ListKeys {
@@ -211,7 +211,7 @@ mod tests {
         // Another tenant's admin does not see the key, let alone revoke it.
         let outsider = Principal::new(other, [Grant::all(Scope::Admin)], "x");
         let revoke = |by: &Principal| RevokeKey {
-            id: new.id.clone(),
+            id: new.info.id.clone(),
             by: by.clone(),
         };
         assert_eq!(addr.send(revoke(&outsider)).await.unwrap().unwrap(), None);
@@ -226,7 +226,7 @@ mod tests {
         );
         let admin = Principal::new(acme.clone(), [Grant::all(Scope::Admin)], "z");
         let revoked = addr.send(revoke(&admin)).await.unwrap().unwrap().unwrap();
-        assert_eq!(revoked.id, new.id);
+        assert_eq!(revoked.id, new.info.id);
         assert_eq!(addr.send(revoke(&admin)).await.unwrap().unwrap(), None);
         let gone = addr
             .send(Authenticate {

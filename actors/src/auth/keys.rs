@@ -103,39 +103,16 @@ impl KeySpec {
 pub struct NewKey {
     /// The plaintext key, to be shown to the user exactly once.
     pub key: String,
-    /// The key id.
-    pub id: String,
-    /// The tenant the key authenticates as.
-    pub tenant: TenantId,
-    /// The scopes the key grants.
-    pub scopes: BTreeSet<Grant>,
-    /// A free-form label given at creation.
-    pub label: Option<String>,
-    /// When the key was created.
-    #[serde(serialize_with = "ser_time")]
-    pub created_at: DateTime<Utc>,
-    /// When the key stops authenticating; `None`: never.
-    #[serde(
-        serialize_with = "ser_opt_time",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub expires_at: Option<DateTime<Utc>>,
-    /// Its rate limits; `None`: none.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub quota: Option<Quota>,
+    /// Its metadata, as stored.
+    #[serde(flatten)]
+    pub info: KeyInfo,
 }
 
 impl fmt::Debug for NewKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NewKey")
             .field("key", &"<redacted>")
-            .field("id", &self.id)
-            .field("tenant", &self.tenant)
-            .field("scopes", &self.scopes)
-            .field("label", &self.label)
-            .field("created_at", &self.created_at)
-            .field("expires_at", &self.expires_at)
-            .field("quota", &self.quota)
+            .field("info", &self.info)
             .finish()
     }
 }
@@ -257,16 +234,7 @@ impl KeyStore {
                 continue;
             }
             let info = self.add(digest, id, spec)?;
-            return Ok(NewKey {
-                key,
-                id: info.id,
-                tenant: info.tenant,
-                scopes: info.scopes,
-                label: info.label,
-                created_at: info.created_at,
-                expires_at: info.expires_at,
-                quota: info.quota,
-            });
+            return Ok(NewKey { key, info });
         }
         Err(AuthError::invalid_request(
             "could not generate a key with a unique id",

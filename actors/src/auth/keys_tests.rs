@@ -43,12 +43,12 @@ fn create_then_verify_roundtrip() {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric())
     );
-    assert_eq!(new.id.len(), 16);
+    assert_eq!(new.info.id.len(), 16);
 
     let p = store.verify(&new.key).unwrap();
     assert_eq!(p.tenant, tenant("acme"));
     assert_eq!(p.scopes, scopes.iter().copied().map(Grant::all).collect());
-    assert_eq!(p.subject, new.id);
+    assert_eq!(p.subject, new.info.id);
     assert_eq!(store.list().len(), 1);
     assert_eq!(mode(store.path()), 0o600);
 }
@@ -111,8 +111,8 @@ fn revoke_removes_the_key_durably() {
     let a = store
         .create(spec(tenant("acme"), [Scope::Query], None))
         .unwrap();
-    assert!(store.revoke(&a.id).unwrap());
-    assert!(!store.revoke(&a.id).unwrap());
+    assert!(store.revoke(&a.info.id).unwrap());
+    assert!(!store.revoke(&a.info.id).unwrap());
     assert!(store.verify(&a.key).is_err());
     assert!(KeyStore::open(path).unwrap().is_empty());
 }
@@ -279,7 +279,7 @@ fn expiry_and_quota_persist_and_expired_keys_are_refused() {
     let p = store.verify(&new.key).unwrap();
     assert_eq!(p.quota, Some(quota));
     let reopened = KeyStore::open(path.clone()).unwrap();
-    let info = reopened.get(&new.id).unwrap();
+    let info = reopened.get(&new.info.id).unwrap();
     assert_eq!(info.quota, Some(quota));
     assert_eq!(
         info.expires_at.map(|t| t.timestamp()),

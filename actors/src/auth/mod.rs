@@ -511,7 +511,7 @@ mod tests {
 
         let p = auth.authenticate(&new.key).unwrap();
         assert_eq!(p.tenant.as_str(), "acme");
-        assert_eq!(p.subject, new.id);
+        assert_eq!(p.subject, new.info.id);
 
         assert_eq!(auth.authenticate("").unwrap_err().code(), "unauthenticated");
         let wrong = auth.authenticate("alv_nope").unwrap_err();
