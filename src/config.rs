@@ -511,6 +511,11 @@ pub struct HookSection {
     /// `timestamp_header`) and this server's clock. Default: `5m`.
     #[serde(default = "default_hook_tolerance")]
     pub tolerance: HumanDuration,
+    /// Largest delivery body (bodies are read before their signature can be checked, so this
+    /// bounds what an unauthenticated sender can make the server read); `server.body_limit`
+    /// applies too. Default: `5MiB`.
+    #[serde(default = "default_hook_body_limit")]
+    pub body_limit: ByteSize,
     /// `hmac` only: the header carrying the signature. Default: `X-Signature`.
     #[serde(default)]
     pub signature_header: Option<String>,
@@ -524,10 +529,6 @@ pub struct HookSection {
     /// HMAC(secret, `"<ts>.<body>"`). Default: none (the body alone is signed).
     #[serde(default)]
     pub timestamp_header: Option<String>,
-    /// `hmac` only: a header with the sender's delivery id, used as idempotency key.
-    /// Default: none.
-    #[serde(default)]
-    pub delivery_header: Option<String>,
     /// A column that receives the raw body as text. Default: none.
     #[serde(default)]
     pub body_column: Option<String>,
@@ -543,6 +544,10 @@ pub struct HookSection {
 
 fn default_hook_tenant() -> String {
     "default".into()
+}
+
+fn default_hook_body_limit() -> ByteSize {
+    ByteSize(alluvium_pipelines::sources::webhook::DEFAULT_MAX_BODY as u64)
 }
 
 fn default_hook_tolerance() -> HumanDuration {
@@ -572,11 +577,11 @@ impl HookSection {
             scheme: self.scheme,
             secrets,
             tolerance: self.tolerance.0,
+            max_body: self.body_limit.0 as usize,
             signature_header: self.signature_header.clone(),
             signature_prefix: self.signature_prefix.clone(),
             encoding: self.encoding,
             timestamp_header: self.timestamp_header.clone(),
-            delivery_header: self.delivery_header.clone(),
             body_column: self.body_column.clone(),
             fields: self.fields.clone(),
             headers: self.headers.clone(),

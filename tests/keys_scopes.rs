@@ -325,3 +325,22 @@ fn quotas_answer_429_with_retry_after() {
     );
     assert_eq!((r.status, r.code().as_str()), (400, "invalid_key_request"));
 }
+
+#[test]
+fn a_jwks_without_a_refetch_floor_refuses_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, r#"{"keys": []}"#).unwrap();
+    let jwks = jwks.display().to_string();
+    let stderr = start_refused(
+        &dir.path().join("data"),
+        &[
+            ("ALLUVIUM_AUTH__JWT__JWKS_FILE", &jwks),
+            ("ALLUVIUM_AUTH__JWT__JWKS_MIN_REFETCH_SECS", "0"),
+        ],
+    );
+    assert!(
+        stderr.contains("jwks_min_refetch_secs must be at least 1"),
+        "{stderr}"
+    );
+}

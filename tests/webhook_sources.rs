@@ -105,7 +105,7 @@ fn hooks_env() -> String {
         r#"{{ name = "slack", table = "slack", scheme = "slack", secrets = ["{SECRET}"], body_column = "payload", fields = {{ event_id = "/event_id", kind = "/event/type" }} }}"#
     );
     let acme = format!(
-        r#"{{ name = "acme", table = "acme", scheme = "hmac", secrets = ["{SECRET}"], signature_header = "X-Acme-Signature", signature_prefix = "sha256=", timestamp_header = "X-Acme-Timestamp", delivery_header = "X-Acme-Delivery" }}"#
+        r#"{{ name = "acme", table = "acme", scheme = "hmac", secrets = ["{SECRET}"], signature_header = "X-Acme-Signature", signature_prefix = "sha256=", timestamp_header = "X-Acme-Timestamp" }}"#
     );
     format!("[{github}, {stripe}, {slack}, {acme}]")
 }
@@ -161,6 +161,21 @@ fn github_deliveries_land_once_and_forgeries_never() {
 
     // GitHub's "Redeliver" sends the same delivery id and body again: stored once.
     let r = github(&server, SECRET, "push", delivery, push);
+    assert_eq!(
+        (r.status, r.json()["duplicate"].clone()),
+        (200, json!(true)),
+        "{r:?}"
+    );
+
+    // A captured delivery replayed under a new delivery id (the header is not signed): the
+    // key comes from the signed body, so it is still a duplicate.
+    let r = github(
+        &server,
+        SECRET,
+        "push",
+        "00000000-0000-0000-0000-00000000beef",
+        push,
+    );
     assert_eq!(
         (r.status, r.json()["duplicate"].clone()),
         (200, json!(true)),

@@ -107,6 +107,9 @@ pub struct IngestRequest {
     pub durability: Durability,
     /// A producer's idempotency key (already checked for length and characters).
     pub idempotency_key: Option<String>,
+    /// What the key's body hash is taken over when not `body`: a webhook's signed bytes, so
+    /// that request headers mapped into columns cannot make a redelivery look different.
+    pub idempotency_body: Option<Bytes>,
     /// Where it came from.
     pub source: Source,
 }
@@ -158,6 +161,7 @@ impl Node {
             format,
             durability,
             idempotency_key: None,
+            idempotency_body: None,
             source: Source::Http,
         };
         self.ingest_batch(principal, request).await
@@ -174,7 +178,7 @@ impl Node {
         let table = Self::authorized(principal, Scope::Ingest, &request.table)?;
         let key = request.idempotency_key.clone().map(|key| IdempotencyKey {
             key,
-            body_hash: body_hash(&request.body),
+            body_hash: body_hash(request.idempotency_body.as_ref().unwrap_or(&request.body)),
         });
         // A retry of a stored batch is answered at once, before validation (which the schema
         // might not pass any more). The WAL checks again, atomically, at append time.
@@ -204,8 +208,15 @@ impl Node {
                 return Err(e);
             }
         };
-        self.quotas
-            .take(principal, Limit::Events, validated.rows.len() as u64)?;
+        if let Err(e) = self
+            .quotas
+            .take(principal, Limit::Events, validated.rows.len() as u64)
+        {
+            // A refused batch costs nothing.
+            self.quotas
+                .give_back(principal, Limit::Bytes, request.body.len() as u64);
+            return Err(e);
+        }
         if let Some(log) = &self.log {
             let appended = log
                 .append(

@@ -17,8 +17,9 @@ use alluvium_actors::auth::{Principal, Quota};
 
 use crate::PipelineError;
 
-/// Keys whose buckets have been full this long are forgotten (a full bucket is the default).
-const IDLE_FORGET: Duration = Duration::from_secs(60);
+/// Past this many keys, the buckets that have refilled completely are forgotten (a full
+/// bucket is what a forgotten key starts with again).
+const FORGET_ABOVE: usize = 10_000;
 
 /// One token bucket: `tokens` of `rate` per second, at most `rate`.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +56,8 @@ impl Bucket {
 struct KeyBuckets {
     events: Option<Bucket>,
     bytes: Option<Bucket>,
+    /// The key's rates (events, bytes), to tell when its buckets are full again.
+    rates: (Option<u64>, Option<u64>),
 }
 
 /// The buckets of every key with a quota, by key id.
@@ -110,15 +113,19 @@ impl Quotas {
             .keys
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if keys.len() > 10_000 {
-            keys.retain(|_, b| {
-                let busy = |b: &Option<Bucket>| {
-                    b.is_some_and(|b| now.saturating_duration_since(b.at) < IDLE_FORGET)
-                };
-                busy(&b.events) || busy(&b.bytes)
-            });
+        if keys.len() > FORGET_ABOVE {
+            let settled = |b: &Option<Bucket>, rate: Option<u64>| match (b, rate) {
+                (Some(b), Some(rate)) => {
+                    let mut b = *b;
+                    b.refill(rate, now);
+                    b.tokens >= rate as f64
+                }
+                _ => true,
+            };
+            keys.retain(|_, b| !(settled(&b.events, b.rates.0) && settled(&b.bytes, b.rates.1)));
         }
         let buckets = keys.entry(principal.subject.clone()).or_default();
+        buckets.rates = (quota.events_per_sec, quota.bytes_per_sec);
         let slot = match limit {
             Limit::Events => &mut buckets.events,
             Limit::Bytes => &mut buckets.bytes,
@@ -135,6 +142,26 @@ impl Quotas {
         }
         bucket.tokens -= amount as f64;
         Ok(())
+    }
+
+    /// Gives back what [`Quotas::take`] took for a batch that was then refused.
+    pub fn give_back(&self, principal: &Principal, limit: Limit, amount: u64) {
+        let mut keys = self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(buckets) = keys.get_mut(&principal.subject) else {
+            return;
+        };
+        let slot = match limit {
+            Limit::Events => &mut buckets.events,
+            Limit::Bytes => &mut buckets.bytes,
+        };
+        if let (Some(bucket), Some(rate)) =
+            (slot.as_mut(), principal.quota.and_then(|q| rate(&q, limit)))
+        {
+            bucket.tokens = (bucket.tokens + amount as f64).min(rate as f64);
+        }
     }
 }
 
@@ -204,6 +231,21 @@ mod tests {
         retry(q.take_at(&p, Limit::Bytes, 1, t0 + Duration::from_secs(3)));
         q.take_at(&p, Limit::Bytes, 1, t0 + Duration::from_millis(4100))
             .unwrap();
+    }
+
+    #[test]
+    fn what_is_given_back_can_be_taken_again() {
+        let q = Quotas::default();
+        let p = key("k3", None, Some(100));
+        let t0 = Instant::now();
+        q.take_at(&p, Limit::Bytes, 100, t0).unwrap();
+        retry(q.take_at(&p, Limit::Bytes, 100, t0));
+        q.give_back(&p, Limit::Bytes, 100);
+        q.take_at(&p, Limit::Bytes, 100, t0).unwrap();
+        // Giving back never fills a bucket past one second's allowance.
+        q.give_back(&p, Limit::Bytes, 1_000_000);
+        q.take_at(&p, Limit::Bytes, 100, t0).unwrap();
+        retry(q.take_at(&p, Limit::Bytes, 1, t0));
     }
 
     #[test]

@@ -17,6 +17,9 @@ use super::error::ApiError;
 /// batches compress extremely well and cost nothing.
 const RATIO_FLOOR: usize = 1 << 20;
 
+/// The largest zstd window accepted, as a power of two (16 MiB).
+const ZSTD_WINDOW_LOG_MAX: u32 = 24;
+
 /// The bounds on one request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyLimits {
@@ -109,13 +112,19 @@ fn decompress(encoding: Encoding, body: &[u8], limits: BodyLimits) -> Result<Byt
     let reader: Box<dyn Read> = match encoding {
         Encoding::Identity => return Ok(Bytes::copy_from_slice(body)),
         Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(body)),
-        Encoding::Zstd => Box::new(zstd::stream::read::Decoder::new(body).map_err(bad)?),
+        Encoding::Zstd => {
+            let mut d = zstd::stream::read::Decoder::new(body).map_err(bad)?;
+            // Frames that need a window over 16 MiB (levels above 19, `--long`) are refused
+            // rather than given that much memory per request.
+            d.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(bad)?;
+            Box::new(d)
+        }
     };
     let by_ratio = body.len().saturating_mul(limits.max_ratio).max(RATIO_FLOOR);
     let cap = limits.max_bytes.min(by_ratio);
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(cap));
     reader
-        .take(cap as u64 + 1)
+        .take((cap as u64).saturating_add(1))
         .read_to_end(&mut out)
         .map_err(bad)?;
     if out.len() > limits.max_bytes {

@@ -5,6 +5,9 @@
 //! `Last-Event-ID` (or `?after=`) gets every event after that one, read back from the catalog
 //! log if needed, so nothing is missed across disconnects. Without either, the stream starts
 //! with the next commit. A comment line is sent every 15 s to keep proxies from closing it.
+//!
+//! The credential is checked again at least every 15 s while the stream is open: once its key
+//! is revoked or expired (or its JWT's `exp` passes), the stream ends with an `error` event.
 
 use std::time::Duration;
 
@@ -19,7 +22,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::error::ApiError;
-use super::handlers::principal;
+use super::handlers::{credential, principal};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,11 +95,20 @@ pub async fn events(
             && (kinds.is_empty() || kinds.contains(&e.kind))
     };
     let events = Box::pin(state.node.commit_events().subscribe(after));
+    let live = Live {
+        node: state.node.clone(),
+        credential: credential(req.headers())?.to_string(),
+        checked: std::time::Instant::now(),
+    };
     // Each matching event, a keep-alive comment when nothing was sent for a while, and the
-    // end of the stream after an error (the client reconnects with Last-Event-ID).
-    let body = futures::stream::unfold(Some((events, matches)), |state| async move {
-        let (mut events, matches) = state?;
+    // end of the stream after an error or once the credential is no longer valid (the client
+    // reconnects with Last-Event-ID).
+    let body = futures::stream::unfold(Some((events, matches, live)), |state| async move {
+        let (mut events, matches, mut live) = state?;
         loop {
+            if let Err(e) = live.still_valid().await {
+                return Some((sse_error(&e), None));
+            }
             let next = tokio::time::timeout(KEEPALIVE, events.next()).await;
             let chunk = match next {
                 Err(_) => Bytes::from_static(b": keep-alive\n\n"),
@@ -105,7 +117,7 @@ pub async fn events(
                 Ok(Some(Err(e))) => return Some((sse_error(&e), None)),
                 Ok(None) => return None,
             };
-            return Some((chunk, Some((events, matches))));
+            return Some((chunk, Some((events, matches, live))));
         }
     });
     let hello = futures::stream::once(std::future::ready(Bytes::from_static(b": subscribed\n\n")));
@@ -115,6 +127,24 @@ pub async fn events(
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(body))
+}
+
+/// The stream's credential, checked again every [`KEEPALIVE`].
+struct Live {
+    node: alluvium_pipelines::Node,
+    credential: String,
+    checked: std::time::Instant,
+}
+
+impl Live {
+    async fn still_valid(&mut self) -> Result<(), PipelineError> {
+        if self.checked.elapsed() < KEEPALIVE {
+            return Ok(());
+        }
+        self.node.authenticate(&self.credential).await?;
+        self.checked = std::time::Instant::now();
+        Ok(())
+    }
 }
 
 fn sse_event(e: &CommitEvent) -> Bytes {

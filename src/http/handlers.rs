@@ -26,7 +26,7 @@ use alluvium_actors::auth::AuthError;
 type Result<T> = std::result::Result<T, ApiError>;
 
 /// The credential of a request: `Authorization: Bearer <token>` or `X-API-Key: <key>`.
-fn credential(headers: &HeaderMap) -> Result<&str> {
+pub(super) fn credential(headers: &HeaderMap) -> Result<&str> {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
         let v = v.to_str().map_err(|_| AuthError::Unauthenticated)?;
         let token = v
@@ -163,6 +163,7 @@ pub async fn ingest(
         format,
         durability,
         idempotency_key,
+        idempotency_body: None,
         source: Source::Http,
     };
     let ack = state.node.ingest_batch(&principal, request).await?;

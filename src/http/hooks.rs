@@ -47,7 +47,7 @@ pub async fn receive(
         ));
     }
     let durability = durability(&state, &req)?;
-    let body = read_body(&req, payload, state.body).await?;
+    let body = read_body(&req, payload, state.body.at_most(hook.config().max_body)).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -72,7 +72,8 @@ pub async fn receive(
         body: rows,
         format: BodyFormat::Json,
         durability,
-        idempotency_key,
+        idempotency_key: Some(idempotency_key),
+        idempotency_body: Some(body.clone()),
         source: Source::Webhook,
     };
     let ack = state.node.ingest_batch(hook.principal(), request).await?;

@@ -112,12 +112,13 @@ impl Handler<RevokeKey> for AuthActor {
     type Result = Result<Option<KeyInfo>, AuthError>;
 
     fn handle(&mut self, msg: RevokeKey, _ctx: &mut Self::Context) -> Self::Result {
+        // Only admins learn anything, and another tenant's key is not found rather than
+        // forbidden: ids cannot be probed.
+        msg.by.require(crate::auth::Scope::Admin)?;
         let Some(info) = self.auth.keys().get(&msg.id).cloned() else {
             return Ok(None);
         };
-        // Another tenant's key is not found rather than forbidden: ids are not to be probed.
         if msg.by.require_admin_of(&info.tenant).is_err() {
-            msg.by.require(crate::auth::Scope::Admin)?;
             return Ok(None);
         }
         Ok(self.auth.revoke_key(&msg.id)?.then_some(info))
@@ -222,6 +223,15 @@ mod tests {
                 .unwrap()
                 .unwrap_err()
                 .code(),
+            "forbidden"
+        );
+        // Not even whether an id exists.
+        let probe = RevokeKey {
+            id: "0000000000000000".into(),
+            by: ingest_only.clone(),
+        };
+        assert_eq!(
+            addr.send(probe).await.unwrap().unwrap_err().code(),
             "forbidden"
         );
         let admin = Principal::new(acme.clone(), [Grant::all(Scope::Admin)], "z");

@@ -459,6 +459,13 @@ fn jwks_for(cfg: &JwtConfig) -> Result<Option<Arc<Jwks>>, AuthError> {
     if cfg.jwks_refresh_secs == 0 {
         return Err(AuthError::config("jwks_refresh_secs must be at least 1"));
     }
+    // Without a floor, tokens with random key ids would each cause a fetch. (This crate's
+    // tests turn the floor off to exercise refetches without waiting.)
+    if cfg.jwks_min_refetch_secs == 0 && !cfg!(test) {
+        return Err(AuthError::config(
+            "jwks_min_refetch_secs must be at least 1",
+        ));
+    }
     if let JwksSource::Url(url) = &source
         && url.scheme() == "http"
     {

@@ -381,6 +381,7 @@ pub async fn ingest_message(
         format,
         durability,
         idempotency_key,
+        idempotency_body: None,
         source: if header(msg, headers::REPLAY).is_some() {
             Source::Replay
         } else if jetstream {
@@ -559,6 +560,7 @@ fn reject_stream_message(
         format: detect_format(&msg.payload),
         durability: Durability::Wal,
         idempotency_key: key.map(str::to_string),
+        idempotency_body: None,
         source: Source::JetStream,
     };
     node.publish_reject(

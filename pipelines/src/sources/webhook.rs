@@ -12,10 +12,13 @@
 //! 2. Schemes that sign a timestamp (Stripe, Slack, `hmac` with `timestamp_header`) refuse a
 //!    signed timestamp further than `tolerance` from the server's clock, in either direction
 //!    ([`HookError::StaleTimestamp`]): a captured delivery cannot be replayed later.
-//! 3. The sender's delivery id (`X-GitHub-Delivery`, Stripe's event `id`, Slack's `event_id`,
-//!    `X-Shopify-Webhook-Id`, or the `delivery_header` of `hmac`) becomes the batch's
-//!    idempotency key `hook:{name}:{id}`: a redelivery within the ingest idempotency window is
-//!    answered as a duplicate and stored once.
+//! 3. Every delivery gets an idempotency key from signed bytes only, so a replay cannot dodge
+//!    it: the event id inside the signed body where the scheme has one (Stripe's `id`, Slack's
+//!    `event_id`), else the SHA-256 of the signed body (GitHub, Shopify, `hmac`: their delivery
+//!    id headers, such as `X-GitHub-Delivery`, are not signed, and a replay could change them).
+//!    The key's body hash is also taken over the signed body, so headers mapped into columns
+//!    cannot make a redelivery look different. A redelivery or replay within the ingest
+//!    idempotency window is answered as a duplicate and stored once.
 //! 4. Protocol messages are answered, not stored: GitHub's `ping` event and Slack's
 //!    `url_verification` challenge.
 //! 5. The row: by default the body's JSON object itself (or each object of a JSON array);
@@ -42,6 +45,9 @@ pub const MIN_SECRET_LEN: usize = 16;
 /// Most secrets of one source: the current one and, while rotating, the next.
 pub const MAX_SECRETS: usize = 2;
 
+/// Default limit on a delivery's body: anyone can send one before its signature is checked.
+pub const DEFAULT_MAX_BODY: usize = 5 << 20;
+
 /// Default tolerance on a signed timestamp (Stripe's and Slack's own recommendation).
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
@@ -49,21 +55,20 @@ pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheme {
-    /// `X-Hub-Signature-256: sha256=<hex HMAC(secret, body)>`; delivery id
-    /// `X-GitHub-Delivery`; the `ping` event is answered and not stored.
+    /// `X-Hub-Signature-256: sha256=<hex HMAC(secret, body)>`; the `ping` event is answered
+    /// and not stored.
     Github,
-    /// `Stripe-Signature: t=<unix>,v1=<hex HMAC(secret, "<t>.<body>")>[,v1=...]`; delivery id
-    /// the event's `id`.
+    /// `Stripe-Signature: t=<unix>,v1=<hex HMAC(secret, "<t>.<body>")>[,v1=...]`; the event's
+    /// `id` is the idempotency key.
     Stripe,
     /// `X-Slack-Request-Timestamp: <unix>` and `X-Slack-Signature: v0=<hex HMAC(secret,
-    /// "v0:<ts>:<body>")>`; delivery id the event's `event_id`; `url_verification` answered
+    /// "v0:<ts>:<body>")>`; the event's `event_id` is the idempotency key; `url_verification` answered
     /// with its challenge.
     Slack,
-    /// `X-Shopify-Hmac-Sha256: <base64 HMAC(secret, body)>`; delivery id
-    /// `X-Shopify-Webhook-Id`.
+    /// `X-Shopify-Hmac-Sha256: <base64 HMAC(secret, body)>`.
     Shopify,
     /// A configurable header: `<prefix><hex or base64 HMAC(secret, body)>`, or with
-    /// `timestamp_header` HMAC(secret, `"<ts>.<body>"`); delivery id `delivery_header`.
+    /// `timestamp_header` HMAC(secret, `"<ts>.<body>"`).
     Hmac,
 }
 
@@ -106,6 +111,8 @@ pub struct HookConfig {
     pub secrets: Vec<String>,
     /// Largest distance between a signed timestamp and the server's clock.
     pub tolerance: Duration,
+    /// Largest body, in bytes (the server's body limit applies too).
+    pub max_body: usize,
     /// `hmac` only: the signature header. Default `X-Signature`.
     pub signature_header: Option<String>,
     /// `hmac` only: text before the MAC in the header (such as `sha256=`). Default none.
@@ -114,8 +121,6 @@ pub struct HookConfig {
     pub encoding: SignatureEncoding,
     /// `hmac` only: a header carrying the unix time signed with the body (`"<ts>.<body>"`).
     pub timestamp_header: Option<String>,
-    /// `hmac` only: a header carrying the sender's delivery id.
-    pub delivery_header: Option<String>,
     /// A column receiving the raw body as text.
     pub body_column: Option<String>,
     /// Columns filled from the body by JSON pointer (`/repository/full_name`).
@@ -134,11 +139,11 @@ impl fmt::Debug for HookConfig {
             .field("scheme", &self.scheme)
             .field("secrets", &format!("<{} redacted>", self.secrets.len()))
             .field("tolerance", &self.tolerance)
+            .field("max_body", &self.max_body)
             .field("signature_header", &self.signature_header)
             .field("signature_prefix", &self.signature_prefix)
             .field("encoding", &self.encoding)
             .field("timestamp_header", &self.timestamp_header)
-            .field("delivery_header", &self.delivery_header)
             .field("body_column", &self.body_column)
             .field("fields", &self.fields)
             .field("headers", &self.headers)
@@ -189,8 +194,8 @@ pub enum Delivery {
         body: Bytes,
         /// Number of rows.
         rows: usize,
-        /// `hook:{name}:{delivery id}`, when the scheme carries a delivery id.
-        idempotency_key: Option<String>,
+        /// `hook:{name}:{event id}`, or `hook:{name}:sha256:{hex}` of the signed body.
+        idempotency_key: String,
     },
     /// A protocol message (GitHub `ping`, Slack `url_verification`): answer 200 with this
     /// document and store nothing.
@@ -266,7 +271,6 @@ impl Hook {
                 ("signature_prefix", config.signature_prefix.is_some()),
                 ("encoding", config.encoding != SignatureEncoding::default()),
                 ("timestamp_header", config.timestamp_header.is_some()),
-                ("delivery_header", config.delivery_header.is_some()),
             ];
             if let Some((setting, _)) = hmac_only.iter().find(|(_, set)| *set) {
                 return Err(format!(
@@ -275,14 +279,10 @@ impl Hook {
                 ));
             }
         }
-        for header in [
-            &config.signature_header,
-            &config.timestamp_header,
-            &config.delivery_header,
-        ]
-        .into_iter()
-        .flatten()
-        .chain(config.headers.values())
+        for header in [&config.signature_header, &config.timestamp_header]
+            .into_iter()
+            .flatten()
+            .chain(config.headers.values())
         {
             if header.is_empty()
                 || !header
@@ -379,7 +379,7 @@ impl Hook {
         if let Some(answer) = self.protocol_answer(headers, json.as_ref()) {
             return Ok(Delivery::Answer(answer));
         }
-        let delivery_id = self.delivery_id(headers, json.as_ref());
+        let event_id = self.event_id(json.as_ref());
         let mut rows = self.rows(body, json)?;
         for row in &mut rows {
             for (column, header) in &self.config.headers {
@@ -388,16 +388,13 @@ impl Hook {
                 }
             }
         }
+        let id = event_id.unwrap_or_else(|| format!("sha256:{}", sha256_hex(body)));
         let count = rows.len();
         let body = serde_json::to_vec(&rows).map_err(|e| HookError::Body(e.to_string()))?;
-        let idempotency_key = match delivery_id {
-            Some(id) => Some(
-                alluvium_nats::headers::idempotency_key(&format!("hook:{}:{id}", self.name()))
-                    .map_err(|e| HookError::Body(format!("delivery id {id:?}: {e}")))?
-                    .to_string(),
-            ),
-            None => None,
-        };
+        let idempotency_key =
+            alluvium_nats::headers::idempotency_key(&format!("hook:{}:{id}", self.name()))
+                .map_err(|e| HookError::Body(format!("event id {id:?}: {e}")))?
+                .to_string();
         Ok(Delivery::Rows {
             body: Bytes::from(body),
             rows: count,
@@ -530,25 +527,17 @@ impl Hook {
         }
     }
 
-    fn delivery_id(
-        &self,
-        headers: &(impl HeaderLookup + ?Sized),
-        json: Option<&Value>,
-    ) -> Option<String> {
-        let from_body = |field: &str| {
-            json.and_then(|j| j.get(field))
-                .and_then(Value::as_str)
-                .map(str::to_string)
+    /// The event id inside the signed body, for the schemes that put one there.
+    fn event_id(&self, json: Option<&Value>) -> Option<String> {
+        let field = match self.config.scheme {
+            Scheme::Stripe => "id",
+            Scheme::Slack => "event_id",
+            Scheme::Github | Scheme::Shopify | Scheme::Hmac => return None,
         };
-        let from_header = |name: &str| headers.header(name).map(str::to_string);
-        match self.config.scheme {
-            Scheme::Github => from_header("X-GitHub-Delivery"),
-            Scheme::Stripe => from_body("id"),
-            Scheme::Slack => from_body("event_id"),
-            Scheme::Shopify => from_header("X-Shopify-Webhook-Id"),
-            Scheme::Hmac => self.config.delivery_header.as_deref().and_then(from_header),
-        }
-        .filter(|id| !id.is_empty())
+        json.and_then(|j| j.get(field))
+            .and_then(Value::as_str)
+            .filter(|id| !id.is_empty())
+            .map(str::to_string)
     }
 
     fn rows(&self, body: &[u8], json: Option<Value>) -> Result<Vec<Map<String, Value>>, HookError> {
@@ -596,6 +585,14 @@ pub fn hooks(configs: Vec<HookConfig>) -> Result<BTreeMap<String, Hook>, String>
         }
     }
     Ok(out)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn strip<'a>(value: &'a str, prefix: &str) -> Result<&'a str, HookError> {
