@@ -1,6 +1,7 @@
 //! Bounded mutation fuzzing of the decoders that read bytes from outside the process: log
 //! messages (the WAL record codec, as the replicated log carries it), index sidecars, ingest
-//! bodies (the JSON translator) and NATS subjects.
+//! bodies (the JSON translator), NATS subjects and signed webhook deliveries (signature
+//! headers and the mapping of bodies into rows).
 //!
 //! Each target starts from its corpus, `tests/fuzz/<target>/` (seeds made by the encoders, and
 //! every input that ever failed), runs every corpus file as a regression case, then runs
@@ -421,5 +422,117 @@ fn nats_subjects() {
             assert_eq!(subject, subjects.events(tenant, table, kind).unwrap());
         }
         ingest.is_some() || events.is_some()
+    });
+}
+
+#[test]
+fn webhook_deliveries() {
+    use alluvium_pipelines::sources::webhook::{
+        DEFAULT_MAX_BODY, Delivery, Hook, HookConfig, HookError, Scheme, SignatureEncoding,
+    };
+    use hmac::{Hmac, Mac};
+    const SECRET: &str = "fuzz-secret-0123456789abcdef";
+    const NOW: u64 = 1_800_000_000;
+    let hook = |scheme, fields: &[(&str, &str)], body_column: Option<&str>| {
+        Hook::new(HookConfig {
+            name: "fuzz".into(),
+            tenant: "acme".into(),
+            table: "t".into(),
+            scheme,
+            secrets: vec![SECRET.into()],
+            tolerance: std::time::Duration::from_secs(300),
+            max_body: DEFAULT_MAX_BODY,
+            signature_header: None,
+            signature_prefix: None,
+            encoding: SignatureEncoding::Hex,
+            timestamp_header: None,
+            body_column: body_column.map(str::to_string),
+            fields: fields
+                .iter()
+                .map(|(c, p)| (c.to_string(), p.to_string()))
+                .collect(),
+            headers: [("event".to_string(), "X-Event".to_string())].into(),
+        })
+        .unwrap()
+    };
+    let stripe = hook(Scheme::Stripe, &[], None);
+    let slack = hook(
+        Scheme::Slack,
+        &[("id", "/event_id"), ("n", "/a/0/b")],
+        Some("raw"),
+    );
+    let sign = |message: &[&[u8]]| {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+        for part in message {
+            mac.update(part);
+        }
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    // An input is `<Stripe-Signature value>\n<body>`.
+    let seeds: Vec<Vec<u8>> = [
+        r#"{"id":"evt_1","type":"invoice.paid","data":{"object":{"amount_paid":2000}}}"#,
+        r#"[{"event_id":"Ev1","a":[{"b":1}]},{"x":null}]"#,
+        r#"{"type":"url_verification","challenge":"abc"}"#,
+        "not json at all",
+    ]
+    .iter()
+    .map(|body| {
+        let t = NOW.to_string();
+        let header = format!("t={t},v1={}", sign(&[t.as_bytes(), b".", body.as_bytes()]));
+        format!("{header}\n{body}").into_bytes()
+    })
+    .collect();
+    fuzz("webhook_delivery", &seeds, |input| {
+        let split = input
+            .iter()
+            .position(|&b| b == b'\n')
+            .unwrap_or(input.len());
+        let header = String::from_utf8_lossy(&input[..split]).into_owned();
+        let body = input.get(split + 1..).unwrap_or_default();
+        // The header as the mutation left it: any answer but a panic.
+        let as_sent = stripe.receive(&[("Stripe-Signature", header.as_str())][..], body, NOW);
+        // Correctly signed: only the body can be wrong, and accepted rows are what they say.
+        let t = NOW.to_string();
+        let good = format!("t={t},v1={}", sign(&[t.as_bytes(), b".", body]));
+        let ts = NOW.to_string();
+        let slack_sig = format!("v0={}", sign(&[b"v0:", ts.as_bytes(), b":", body]));
+        let mut accepted = as_sent.is_ok();
+        for result in [
+            stripe.receive(
+                &[("Stripe-Signature", good.as_str()), ("X-Event", "e")][..],
+                body,
+                NOW,
+            ),
+            slack.receive(
+                &[
+                    ("X-Slack-Signature", slack_sig.as_str()),
+                    ("X-Slack-Request-Timestamp", ts.as_str()),
+                ][..],
+                body,
+                NOW,
+            ),
+        ] {
+            match result {
+                Ok(Delivery::Rows {
+                    body: rows,
+                    rows: n,
+                    idempotency_key,
+                }) => {
+                    let parsed: Vec<serde_json::Value> = serde_json::from_slice(&rows).unwrap();
+                    assert_eq!(parsed.len(), n);
+                    assert!(parsed.iter().all(serde_json::Value::is_object));
+                    assert!(idempotency_key.starts_with("hook:fuzz:"));
+                    accepted = true;
+                }
+                Ok(Delivery::Answer(a)) => assert!(a.is_object()),
+                Err(HookError::Body(_)) => {}
+                Err(e) => panic!("a correctly signed delivery was refused: {e}"),
+            }
+        }
+        accepted
     });
 }
