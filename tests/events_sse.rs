@@ -194,3 +194,38 @@ fn live_events_resume_from_any_point_and_stay_in_their_tenant() {
         Some(401)
     );
 }
+
+#[test]
+fn a_revoked_key_loses_its_open_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let made = send(
+        "POST",
+        &server.url("/v1/keys"),
+        Some(ADMIN_KEY),
+        Some("application/json"),
+        Some(br#"{"scopes": ["query"], "label": "dashboard"}"#),
+    )
+    .json();
+    let key = made["key"].as_str().unwrap();
+    let mut sse = Sse::open(&server, key, "/v1/events", &[]).unwrap();
+    let r = send(
+        "DELETE",
+        &server.url(&format!("/v1/keys/{}", made["id"].as_str().unwrap())),
+        Some(ADMIN_KEY),
+        None,
+        None,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let revoked = std::time::Instant::now();
+    // The credential is checked again at least every 15 s (a keep-alive at most 15 s later,
+    // then the check): the stream ends with the refusal.
+    let (_, kind, problem) = sse.next();
+    assert_eq!(kind, "error");
+    assert_eq!(problem["code"], "invalid_api_key", "{problem}");
+    assert!(
+        revoked.elapsed() <= Duration::from_secs(31),
+        "{:?}",
+        revoked.elapsed()
+    );
+}
