@@ -427,10 +427,10 @@ fn nats_subjects() {
 
 #[test]
 fn webhook_deliveries() {
+    use alluvium_pipelines::notification::webhooks::hmac_sha256_hex;
     use alluvium_pipelines::sources::webhook::{
         DEFAULT_MAX_BODY, Delivery, Hook, HookConfig, HookError, Scheme, SignatureEncoding,
     };
-    use hmac::{Hmac, Mac};
     const SECRET: &str = "fuzz-secret-0123456789abcdef";
     const NOW: u64 = 1_800_000_000;
     let hook = |scheme, fields: &[(&str, &str)], body_column: Option<&str>| {
@@ -461,17 +461,7 @@ fn webhook_deliveries() {
         &[("id", "/event_id"), ("n", "/a/0/b")],
         Some("raw"),
     );
-    let sign = |message: &[&[u8]]| {
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-        for part in message {
-            mac.update(part);
-        }
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    let sign = |message: &[&[u8]]| hmac_sha256_hex(SECRET.as_bytes(), message);
     // An input is `<Stripe-Signature value>\n<body>`.
     let seeds: Vec<Vec<u8>> = [
         r#"{"id":"evt_1","type":"invoice.paid","data":{"object":{"amount_paid":2000}}}"#,
