@@ -246,7 +246,7 @@ impl Hook {
         }
         let tenant = TenantId::new(config.tenant.clone())
             .map_err(|e| format!("webhook source {name:?}: tenant: {e}"))?;
-        TableName::new(config.table.clone())
+        let table = TableName::new(config.table.clone())
             .map_err(|e| format!("webhook source {name:?}: table: {e}"))?;
         if config.secrets.is_empty() || config.secrets.len() > MAX_SECRETS {
             return Err(format!(
@@ -316,8 +316,6 @@ impl Hook {
             ));
         }
         // Least privilege: ingest into its own table, nothing else.
-        let table = TableName::new(config.table.clone())
-            .map_err(|e| format!("webhook source {name:?}: table: {e}"))?;
         let principal = Principal::new(
             tenant,
             [Grant::on(Scope::Ingest, table)],
