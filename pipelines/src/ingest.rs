@@ -188,7 +188,7 @@ impl Node {
             return Ok(IngestAck::from_durable(durable, request.durability));
         }
         self.check_budget()?;
-        // Bytes as received are counted before the batch costs anything; events once known.
+        // Bytes are counted before the batch costs anything (validation); events once known.
         self.quotas
             .take(principal, Limit::Bytes, request.body.len() as u64)?;
         let validated = match self
