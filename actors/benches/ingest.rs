@@ -5,7 +5,8 @@
 //!   durable with `fdatasync`, in a temporary directory. The figure is mostly the disk's sync
 //!   latency: `TMPDIR` picks the disk.
 //! - `memtable_insert`: rows into a fresh skiplist memtable ordered by time.
-//! - `json_translate`: a 1000-event JSON array body -> rows (`schema::parse_batch`).
+//! - `json_translate`: a 1000-event JSON array body -> typed rows (`schema::parse_batch`), and
+//!   the same body parsed into `serde_json::Value`s only (no typing, no checks), for comparison.
 //! - `arrow_parquet`: rows -> Arrow `RecordBatch` (`rows_to_batch`), Arrow -> zstd Parquet
 //!   (`storage::parquet::encode`), and the whole flush encode of a memtable
 //!   (`flush::build_files`).
@@ -167,6 +168,9 @@ fn json_translate(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(body.len() as u64));
     group.bench_function("1000_events", |b| {
         b.iter(|| parse_batch(black_box(&body), BodyFormat::Json, &schema, &limits).unwrap());
+    });
+    group.bench_function("1000_events_serde_json_value", |b| {
+        b.iter(|| serde_json::from_slice::<Vec<serde_json::Value>>(black_box(&body)).unwrap());
     });
     group.finish();
 }

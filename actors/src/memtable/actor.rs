@@ -10,15 +10,15 @@ use actix::{
 };
 use tokio::sync::oneshot;
 
-use super::messages::{DropTable, FlushTable, Insert, MemSnapshot, Read};
+use super::messages::{DropTable, FlushTable, Insert, InsertGroup, MemSnapshot, Read};
 use super::{MemoryGauge, Memtable};
 use crate::catalog::CatalogState;
 use crate::flush::FlushError;
 use crate::flush::messages::Flush;
 use crate::ids::{Seq, TableRef};
 
-/// The WAL sends one `Insert` per durable batch and waits for each: a deep mailbox lets a
-/// commit group of many small batches queue without stalling the WAL between them.
+/// The WAL sends one `InsertGroup` per durable commit group; other senders (replication,
+/// processing nodes) send `Insert`s and reads queue beside them.
 const MAILBOX_CAPACITY: usize = 4096;
 
 /// When memtables are frozen and flushed.
@@ -249,10 +249,9 @@ impl Supervised for MemtableActor {
     }
 }
 
-impl Handler<Insert> for MemtableActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Insert, ctx: &mut Self::Context) {
+impl MemtableActor {
+    /// Inserts, and starts a flush if the insert froze the active memtable.
+    fn insert_and_flush(&mut self, msg: Insert, ctx: &mut Context<Self>) {
         let table = msg.table.clone();
         let frozen = self.insert(msg);
         // After a failed flush the retry timer drives the next attempt: a freeze must not
@@ -260,6 +259,24 @@ impl Handler<Insert> for MemtableActor {
         let backing_off = self.tables.get(&table).is_some_and(|m| m.failures > 0);
         if frozen && !backing_off {
             self.maybe_flush(table, ctx);
+        }
+    }
+}
+
+impl Handler<Insert> for MemtableActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Insert, ctx: &mut Self::Context) {
+        self.insert_and_flush(msg, ctx);
+    }
+}
+
+impl Handler<InsertGroup> for MemtableActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: InsertGroup, ctx: &mut Self::Context) {
+        for insert in msg.0 {
+            self.insert_and_flush(insert, ctx);
         }
     }
 }

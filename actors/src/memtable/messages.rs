@@ -33,6 +33,12 @@ pub struct Insert {
     pub trace: Option<crate::trace::TraceLink>,
 }
 
+/// Several [`Insert`]s, applied in order: what the WAL sends once a commit group is durable,
+/// one message for the whole group rather than one per batch.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct InsertGroup(pub Vec<Insert>);
+
 impl fmt::Debug for Insert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Insert")

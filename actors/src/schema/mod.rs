@@ -8,6 +8,7 @@ pub mod evolve;
 pub mod messages;
 pub mod translate;
 pub mod types;
+mod values;
 
 pub use error::SchemaError;
 pub use translate::{BatchLimits, BodyFormat, parse_batch};

@@ -5,9 +5,11 @@
 //! the batch. The whole batch is checked before anything is returned, so a caller that gets an
 //! error writes nothing.
 //!
-//! A JSON body is one object or an array of objects; an array is read element by element, so
-//! only one event's `serde_json::Value` tree is alive at a time. An NDJSON body is one object per
-//! non-empty line (`\n` or `\r\n`). String values are moved out of the parsed tree, not copied.
+//! A JSON body is one object or an array of objects; an NDJSON body is one object per non-empty
+//! line (`\n` or `\r\n`). The parser is driven by the schema: each key is looked up among the
+//! table's fields as it is read (no allocation for a known key), and each value is decoded into
+//! its field's type as it is read ([`super::values`]), so no `serde_json::Value` tree is built
+//! for an event that is accepted. A string is copied once, from the body into the row.
 //!
 //! Conversion rules beyond the obvious ones:
 //! - Integer fields (`int32`, `int64`, `uint64`, and the integer forms of timestamps and dates)
@@ -20,18 +22,20 @@
 //! - Timestamps are RFC 3339 strings (any offset, converted to UTC) or integers in the field's
 //!   unit. Digits finer than the unit are refused, not truncated. A leap second (`:60`) counts as
 //!   the first instant of the next minute.
-//! - A JSON object that repeats a key keeps the last value (serde_json's behavior).
+//! - A JSON object that repeats a key keeps the last value; every value given must be valid for
+//!   the field.
 //! - Unknown fields are errors: nothing is silently dropped.
 
 use std::collections::HashMap;
 
-use base64::Engine as _;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use serde::de::{self, Deserializer as _, SeqAccess, Visitor};
-use serde_json::{Number, Value as J};
+use serde::Deserialize as _;
+use serde::de::value::SeqAccessDeserializer;
+use serde::de::{self, DeserializeSeed, Deserializer as _, MapAccess, SeqAccess, Visitor};
+use serde_json::Value as J;
 
-use super::error::{BadValue, Found, Location, SchemaError, shown_name};
-use super::types::{Evolution, FieldType, TableSchema, TimeUnit};
+use super::error::{Found, Location, SchemaError, shown_name};
+use super::types::{Evolution, FieldType, TableSchema};
+use super::values::{Cx, Slot, ValueSeed, depth_ok, fail};
 use crate::row::{Op, Row, Value};
 
 /// The framing of a request body.
@@ -61,15 +65,6 @@ impl Default for BatchLimits {
         }
     }
 }
-
-/// Base64 with the standard alphabet, padded or not.
-const BASE64: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
-
-/// Largest integer magnitude a JSON float stands for exactly.
-const MAX_EXACT_FLOAT: f64 = 9_007_199_254_740_992.0;
 
 /// The reserved field that makes an event a delete (`"_op": "delete"`) in a table with a
 /// primary key.
@@ -119,6 +114,12 @@ struct Translator<'s> {
     limits: &'s BatchLimits,
 }
 
+/// Rows reserved ahead for a body of this many bytes: about one per 128 bytes (events are
+/// rarely smaller), so a typical batch fills its vector without growing it.
+fn rows_hint(body_len: usize, max_rows: usize) -> usize {
+    (body_len / 128).clamp(1, 1 << 16).min(max_rows)
+}
+
 impl<'s> Translator<'s> {
     fn new(schema: &'s TableSchema, limits: &'s BatchLimits) -> Self {
         let index = schema
@@ -152,28 +153,32 @@ impl<'s> Translator<'s> {
         let Some(start) = body.iter().position(|b| !is_json_ws(*b)) else {
             return Err(SchemaError::EmptyBatch);
         };
-        if body[start] != b'[' {
+        let slot = Slot::default();
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let parsed = if body[start] != b'[' {
             if self.limits.max_rows == 0 {
                 return Err(SchemaError::TooManyRows { max: 0 });
             }
-            let v: J = serde_json::from_slice(body).map_err(|e| malformed(&e, None))?;
-            return Ok(vec![self.row(v, Location { row: 0, line: None })?]);
-        }
-        let mut de = serde_json::Deserializer::from_slice(body);
-        let mut state = ArrayState {
-            t: self,
-            rows: Vec::new(),
-            failure: None,
+            let at = Location { row: 0, line: None };
+            self.event(at, &slot).deserialize(&mut de).map(|row| vec![row])
+        } else {
+            let mut rows = Vec::with_capacity(rows_hint(body.len(), self.limits.max_rows));
+            (&mut de)
+                .deserialize_seq(ArrayVisitor {
+                    t: self,
+                    rows: &mut rows,
+                    slot: &slot,
+                })
+                .map(|()| rows)
         };
-        if let Err(e) = (&mut de).deserialize_seq(ArrayVisitor(&mut state)) {
-            return Err(state.failure.take().unwrap_or_else(|| malformed(&e, None)));
-        }
+        let rows = parsed.map_err(|e| slot.take().unwrap_or_else(|| malformed(&e, None)))?;
         de.end().map_err(|e| malformed(&e, None))?;
-        Ok(state.rows)
+        Ok(rows)
     }
 
     fn parse_ndjson(&self, body: &[u8]) -> Result<Vec<Row>, SchemaError> {
-        let mut rows = Vec::new();
+        let mut rows = Vec::with_capacity(rows_hint(body.len(), self.limits.max_rows));
+        let slot = Slot::default();
         for (i, raw) in body.split(|b| *b == b'\n').enumerate() {
             let line = raw.strip_suffix(b"\r").unwrap_or(raw);
             if line.iter().all(|b| is_json_ws(*b)) {
@@ -185,70 +190,58 @@ impl<'s> Translator<'s> {
                     max: self.limits.max_rows,
                 });
             }
-            let v: J = serde_json::from_slice(line).map_err(|e| malformed(&e, Some(line_no)))?;
             let at = Location {
                 row: rows.len(),
                 line: Some(line_no),
             };
-            rows.push(self.row(v, at)?);
+            let mut de = serde_json::Deserializer::from_slice(line);
+            let row = self
+                .event(at, &slot)
+                .deserialize(&mut de)
+                .map_err(|e| slot.take().unwrap_or_else(|| malformed(&e, Some(line_no))))?;
+            de.end().map_err(|e| malformed(&e, Some(line_no)))?;
+            rows.push(row);
         }
         Ok(rows)
     }
 
-    /// Converts one event, moving its strings into the row.
-    fn row(&self, v: J, at: Location) -> Result<Row, SchemaError> {
-        let map = match v {
-            J::Object(map) => map,
-            other => {
-                return Err(SchemaError::NotAnObject {
-                    at,
-                    found: Found::of(&other),
-                });
-            }
-        };
-        if !map.values().all(|v| depth_ok(v, 2, self.limits.max_depth)) {
-            return Err(SchemaError::TooDeep {
-                at,
-                max: self.limits.max_depth,
-            });
+    fn event<'a>(&'a self, at: Location, slot: &'a Slot) -> EventSeed<'a, 's> {
+        EventSeed { t: self, at, slot }
+    }
+
+    /// The key `name` of an event: the reserved `_op`, a field (tried first at `hint`, the
+    /// position after the previous key's field, since producers mostly write fields in schema
+    /// order), or a name the schema does not know.
+    fn key(&self, name: &str, hint: usize) -> Key {
+        if name == OP_FIELD {
+            return Key::Op;
         }
-        let mut map = map;
-        let op = match map.shift_remove(OP_FIELD) {
-            None => Op::Upsert,
-            Some(v) => self.op(&v, at)?,
-        };
+        if self.schema.fields.get(hint).is_some_and(|f| f.name == name) {
+            return Key::Field(hint);
+        }
+        match self.index.get(name) {
+            Some(&i) => Key::Field(i),
+            None => Key::Unknown(shown_name(name)),
+        }
+    }
+
+    /// Checks an event's fields once all are read, and fills the filler of a delete.
+    fn finish(
+        &self,
+        at: Location,
+        op: Op,
+        mut values: Vec<Value>,
+        explicit_nulls: Option<Vec<bool>>,
+    ) -> Result<Row, SchemaError> {
         let fields = &self.schema.fields;
-        let mut values = vec![Value::Null; fields.len()];
-        for (name, jv) in map {
-            let Some(&i) = self.index.get(name.as_str()) else {
-                // A table evolved from data has no field for values only ever seen as null;
-                // a null is what an absent field reads as, so nothing is lost.
-                if jv.is_null() && self.schema.evolution == Evolution::Infer {
-                    continue;
-                }
-                return Err(SchemaError::UnknownField {
-                    at,
-                    field: shown_name(&name),
-                });
-            };
-            let field = &fields[i];
-            if jv.is_null() {
-                if !field.nullable {
-                    return Err(SchemaError::NullNotAllowed {
-                        at,
-                        field: field.name.clone(),
-                        expected: field.ty.to_string(),
-                    });
-                }
-                continue;
-            }
-            let cx = Cx {
+        if let Some(nulls) = explicit_nulls
+            && let Some(i) = nulls.iter().position(|n| *n)
+        {
+            return Err(SchemaError::NullNotAllowed {
                 at,
-                field: &field.name,
-                elem: None,
-                ty: &field.ty,
-            };
-            values[i] = convert(jv, &cx)?;
+                field: fields[i].name.clone(),
+                expected: fields[i].ty.to_string(),
+            });
         }
         // Explicit nulls of required fields were refused above, so a Null left here is absent.
         for &i in &self.required {
@@ -286,17 +279,179 @@ impl<'s> Translator<'s> {
     }
 }
 
-/// Streams the elements of a top-level array into rows, one parsed event at a time.
-struct ArrayState<'a, 's> {
-    t: &'a Translator<'s>,
-    rows: Vec<Row>,
-    /// Our own error, which serde sees only as an opaque abort.
-    failure: Option<SchemaError>,
+/// A key of an event, resolved against the schema while it is read.
+enum Key {
+    Op,
+    Field(usize),
+    /// Not in the schema (the name as shown in errors).
+    Unknown(String),
 }
 
-struct ArrayVisitor<'a, 'b, 's>(&'b mut ArrayState<'a, 's>);
+/// Reads one key without allocating it.
+struct KeySeed<'a, 's> {
+    t: &'a Translator<'s>,
+    hint: usize,
+}
 
-impl<'de> Visitor<'de> for ArrayVisitor<'_, '_, '_> {
+impl<'de> DeserializeSeed<'de> for KeySeed<'_, '_> {
+    type Value = Key;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Key, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_, '_> {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Key, E> {
+        Ok(self.t.key(name, self.hint))
+    }
+}
+
+/// Decodes one event into a row.
+struct EventSeed<'a, 's> {
+    t: &'a Translator<'s>,
+    at: Location,
+    slot: &'a Slot,
+}
+
+impl<'de> DeserializeSeed<'de> for EventSeed<'_, '_> {
+    type Value = Row;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Row, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl EventSeed<'_, '_> {
+    fn refuse<E: de::Error>(&self, e: SchemaError) -> E {
+        fail(self.slot, e)
+    }
+
+    fn not_an_object<E: de::Error>(&self, v: &J) -> E {
+        self.refuse(SchemaError::NotAnObject {
+            at: self.at,
+            found: Found::of(v),
+        })
+    }
+
+    /// A value the schema has no field for (or `_op`), read whole and checked for depth.
+    fn whole<'de, A: MapAccess<'de>>(&self, map: &mut A) -> Result<J, A::Error> {
+        let v: J = map.next_value()?;
+        let max = self.t.limits.max_depth;
+        if !depth_ok(&v, 2, max) {
+            return Err(self.refuse(SchemaError::TooDeep { at: self.at, max }));
+        }
+        Ok(v)
+    }
+}
+
+impl<'de> Visitor<'de> for EventSeed<'_, '_> {
+    type Value = Row;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Row, A::Error> {
+        let (t, at) = (self.t, self.at);
+        let fields = &t.schema.fields;
+        let mut values = vec![Value::Null; fields.len()];
+        // Set for a required field whose last value was an explicit null; allocated only then.
+        let mut explicit_nulls: Option<Vec<bool>> = None;
+        let mut op = None;
+        let mut hint = 0;
+        while let Some(key) = map.next_key_seed(KeySeed { t, hint })? {
+            let i = match key {
+                Key::Field(i) => i,
+                Key::Op => {
+                    op = Some(self.whole(&mut map)?);
+                    continue;
+                }
+                Key::Unknown(field) => {
+                    // A table evolved from data has no field for values only ever seen as
+                    // null; a null is what an absent field reads as, so nothing is lost.
+                    let v = self.whole(&mut map)?;
+                    if v.is_null() && t.schema.evolution == Evolution::Infer {
+                        continue;
+                    }
+                    return Err(self.refuse(SchemaError::UnknownField { at, field }));
+                }
+            };
+            hint = i + 1;
+            let field = &fields[i];
+            let seed = ValueSeed {
+                cx: Cx {
+                    at,
+                    field: &field.name,
+                    elem: None,
+                    ty: &field.ty,
+                },
+                level: 2,
+                max_depth: t.limits.max_depth,
+                slot: self.slot,
+            };
+            let value = map.next_value_seed(seed)?;
+            if !field.nullable {
+                let null = value.is_none();
+                if null || explicit_nulls.is_some() {
+                    explicit_nulls.get_or_insert_with(|| vec![false; fields.len()])[i] = null;
+                }
+            }
+            values[i] = value.unwrap_or(Value::Null);
+        }
+        let op = match op {
+            None => Op::Upsert,
+            Some(v) => t.op(&v, at).map_err(|e| self.refuse(e))?,
+        };
+        t.finish(at, op, values, explicit_nulls)
+            .map_err(|e| self.refuse(e))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Row, E> {
+        Err(self.not_an_object(&J::Null))
+    }
+
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Row, E> {
+        Err(self.not_an_object(&J::Bool(b)))
+    }
+
+    fn visit_u64<E: de::Error>(self, u: u64) -> Result<Row, E> {
+        Err(self.not_an_object(&J::Number(u.into())))
+    }
+
+    fn visit_i64<E: de::Error>(self, i: i64) -> Result<Row, E> {
+        Err(self.not_an_object(&J::Number(i.into())))
+    }
+
+    fn visit_f64<E: de::Error>(self, f: f64) -> Result<Row, E> {
+        let v = serde_json::Number::from_f64(f).map_or(J::Null, J::Number);
+        Err(self.not_an_object(&v))
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Row, E> {
+        Err(self.not_an_object(&J::String(s.to_owned())))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Row, A::Error> {
+        let v = J::deserialize(SeqAccessDeserializer::new(seq))?;
+        Err(self.not_an_object(&v))
+    }
+}
+
+/// Streams the elements of a top-level array into rows, one event at a time.
+struct ArrayVisitor<'a, 's> {
+    t: &'a Translator<'s>,
+    rows: &'a mut Vec<Row>,
+    slot: &'a Slot,
+}
+
+impl<'de> Visitor<'de> for ArrayVisitor<'_, '_> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -304,262 +459,22 @@ impl<'de> Visitor<'de> for ArrayVisitor<'_, '_, '_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let st = self.0;
+        let max_rows = self.t.limits.max_rows;
         loop {
-            let row = st.rows.len();
+            let row = self.rows.len();
             // Checked before parsing the element so a hostile array stops at the limit.
-            if row == st.t.limits.max_rows {
+            if row == max_rows {
                 if seq.next_element::<de::IgnoredAny>()?.is_none() {
                     return Ok(());
                 }
-                st.failure = Some(SchemaError::TooManyRows {
-                    max: st.t.limits.max_rows,
-                });
-                return Err(de::Error::custom("too many rows"));
+                return Err(fail(self.slot, SchemaError::TooManyRows { max: max_rows }));
             }
-            let Some(v) = seq.next_element::<J>()? else {
-                return Ok(());
-            };
-            match st.t.row(v, Location { row, line: None }) {
-                Ok(r) => st.rows.push(r),
-                Err(e) => {
-                    st.failure = Some(e);
-                    return Err(de::Error::custom("invalid event"));
-                }
+            let at = Location { row, line: None };
+            match seq.next_element_seed(self.t.event(at, self.slot))? {
+                Some(r) => self.rows.push(r),
+                None => return Ok(()),
             }
         }
-    }
-}
-
-/// Where a value being converted sits, for error messages.
-struct Cx<'a> {
-    at: Location,
-    field: &'a str,
-    /// Index inside a list.
-    elem: Option<usize>,
-    /// The type expected at this position (the element type inside a list).
-    ty: &'a FieldType,
-}
-
-impl Cx<'_> {
-    fn field(&self) -> String {
-        match self.elem {
-            Some(i) => format!("{}[{i}]", self.field),
-            None => self.field.to_owned(),
-        }
-    }
-
-    fn bad(&self, v: &J, reason: Option<String>) -> Box<BadValue> {
-        Box::new(BadValue {
-            at: self.at,
-            field: self.field(),
-            expected: self.ty.to_string(),
-            found: Found::of(v),
-            reason,
-        })
-    }
-
-    fn mismatch(&self, v: &J) -> SchemaError {
-        SchemaError::TypeMismatch(self.bad(v, None))
-    }
-
-    fn range(&self, v: &J) -> SchemaError {
-        SchemaError::ValueOutOfRange(self.bad(v, Some("out of range".into())))
-    }
-
-    fn num_err(&self, v: &J, e: NumErr) -> SchemaError {
-        match e {
-            NumErr::Kind => self.mismatch(v),
-            NumErr::Range => self.range(v),
-        }
-    }
-
-    fn timestamp(&self, v: &J, reason: String) -> SchemaError {
-        SchemaError::InvalidTimestamp(self.bad(v, Some(reason)))
-    }
-
-    fn date(&self, v: &J, reason: &str) -> SchemaError {
-        SchemaError::InvalidDate(self.bad(v, Some(reason.to_owned())))
-    }
-}
-
-/// Converts one non-null JSON value to the type at `cx`.
-fn convert(v: J, cx: &Cx<'_>) -> Result<Value, SchemaError> {
-    Ok(match (cx.ty, v) {
-        (FieldType::Bool, J::Bool(b)) => Value::Bool(b),
-        (FieldType::Int32, J::Number(n)) => {
-            let i = int_of(&n).map_err(|e| cx.num_err(&J::Number(n.clone()), e))?;
-            if i32::try_from(i).is_err() {
-                return Err(cx.range(&J::Number(n)));
-            }
-            Value::Int(i)
-        }
-        (FieldType::Int64, J::Number(n)) => {
-            Value::Int(int_of(&n).map_err(|e| cx.num_err(&J::Number(n), e))?)
-        }
-        (FieldType::UInt64, J::Number(n)) => {
-            Value::UInt(uint_of(&n).map_err(|e| cx.num_err(&J::Number(n), e))?)
-        }
-        (FieldType::Float32, J::Number(n)) => {
-            let f = n.as_f64().unwrap_or(f64::NAN) as f32;
-            if !f.is_finite() {
-                return Err(cx.range(&J::Number(n)));
-            }
-            Value::Float(f64::from(f))
-        }
-        (FieldType::Float64, J::Number(n)) => match n.as_f64() {
-            Some(f) if f.is_finite() => Value::Float(f),
-            _ => return Err(cx.range(&J::Number(n))),
-        },
-        (FieldType::String, J::String(s)) => Value::Str(s),
-        (FieldType::Binary, J::String(s)) => match BASE64.decode(&s) {
-            Ok(b) => Value::Bytes(b),
-            Err(e) => {
-                let reason = format!("not base64 ({e})");
-                return Err(SchemaError::InvalidBase64(
-                    cx.bad(&J::String(s), Some(reason)),
-                ));
-            }
-        },
-        (FieldType::Timestamp(unit), J::String(s)) => match parse_timestamp(&s, *unit) {
-            Ok(t) => Value::Timestamp(t),
-            Err(reason) => return Err(cx.timestamp(&J::String(s), reason)),
-        },
-        (FieldType::Timestamp(_), J::Number(n)) => {
-            Value::Timestamp(int_of(&n).map_err(|e| cx.num_err(&J::Number(n), e))?)
-        }
-        (FieldType::Date, J::String(s)) => match parse_date(&s) {
-            Ok(d) => Value::Date(d),
-            Err(reason) => return Err(cx.date(&J::String(s), reason)),
-        },
-        (FieldType::Date, J::Number(n)) => {
-            let i = int_of(&n).map_err(|e| cx.num_err(&J::Number(n.clone()), e))?;
-            match i32::try_from(i) {
-                Ok(d) => Value::Date(d),
-                Err(_) => return Err(cx.range(&J::Number(n))),
-            }
-        }
-        (FieldType::List(inner), J::Array(items)) => {
-            let mut out = Vec::with_capacity(items.len());
-            for (i, item) in items.into_iter().enumerate() {
-                if item.is_null() {
-                    out.push(Value::Null);
-                    continue;
-                }
-                let ecx = Cx {
-                    at: cx.at,
-                    field: cx.field,
-                    elem: Some(i),
-                    ty: inner,
-                };
-                out.push(convert(item, &ecx)?);
-            }
-            Value::List(out)
-        }
-        (_, other) => return Err(cx.mismatch(&other)),
-    })
-}
-
-/// Why a number does not fit an integer type: wrong kind (fractional) or out of range.
-#[derive(Debug, Clone, Copy)]
-enum NumErr {
-    Kind,
-    Range,
-}
-
-fn int_of(n: &Number) -> Result<i64, NumErr> {
-    if let Some(i) = n.as_i64() {
-        return Ok(i);
-    }
-    if n.is_u64() {
-        return Err(NumErr::Range);
-    }
-    let f = n.as_f64().ok_or(NumErr::Kind)?;
-    if f.fract() != 0.0 {
-        return Err(NumErr::Kind);
-    }
-    if f.abs() > MAX_EXACT_FLOAT {
-        return Err(NumErr::Range);
-    }
-    Ok(f as i64)
-}
-
-fn uint_of(n: &Number) -> Result<u64, NumErr> {
-    if let Some(u) = n.as_u64() {
-        return Ok(u);
-    }
-    if n.is_i64() {
-        return Err(NumErr::Range);
-    }
-    let f = n.as_f64().ok_or(NumErr::Kind)?;
-    if f.fract() != 0.0 {
-        return Err(NumErr::Kind);
-    }
-    if !(0.0..=MAX_EXACT_FLOAT).contains(&f) {
-        return Err(NumErr::Range);
-    }
-    Ok(f as u64)
-}
-
-/// Parses an RFC 3339 timestamp into `unit`s since the epoch, refusing lost precision.
-fn parse_timestamp(s: &str, unit: TimeUnit) -> Result<i64, String> {
-    // chrono's own reasons ("premature end of input" for "yesterday") confuse more than help.
-    let dt = chrono::DateTime::parse_from_rfc3339(s)
-        .map_err(|_| "not an RFC 3339 timestamp like 2026-01-31T12:00:00Z".to_owned())?;
-    // chrono silently drops fraction digits past the ninth; refuse them unless they are zeros.
-    if let Some(dot) = s.find('.') {
-        let digits = s[dot + 1..]
-            .bytes()
-            .take_while(u8::is_ascii_digit)
-            .skip(9)
-            .any(|b| b != b'0');
-        if digits {
-            return Err("more than nanosecond precision".into());
-        }
-    }
-    let per = unit.per_second();
-    let ns_per_unit = 1_000_000_000 / per;
-    // Up to 1_999_999_999 during a leap second, which then rolls into the next second.
-    let nanos = i64::from(dt.timestamp_subsec_nanos());
-    if nanos % ns_per_unit != 0 {
-        return Err(format!(
-            "precision finer than {} would be lost",
-            FieldType::Timestamp(unit)
-        ));
-    }
-    dt.timestamp()
-        .checked_mul(per)
-        .and_then(|v| v.checked_add(nanos / ns_per_unit))
-        .ok_or_else(|| format!("out of range for {}", FieldType::Timestamp(unit)))
-}
-
-/// Parses a strict `YYYY-MM-DD` into days since the epoch.
-fn parse_date(s: &str) -> Result<i32, &'static str> {
-    let b = s.as_bytes();
-    let shape = b.len() == 10
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b.iter()
-            .enumerate()
-            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
-    if !shape {
-        return Err("not a YYYY-MM-DD date");
-    }
-    let num = |r: std::ops::Range<usize>| s[r].parse::<u32>().unwrap_or(0);
-    let year = i32::try_from(num(0..4)).map_err(|_| "not a YYYY-MM-DD date")?;
-    let date = chrono::NaiveDate::from_ymd_opt(year, num(5..7), num(8..10))
-        .ok_or("no such calendar date")?;
-    // 719_163 is the day number of 1970-01-01 counted from 0001-01-01 as day 1.
-    Ok(chrono::Datelike::num_days_from_ce(&date) - 719_163)
-}
-
-/// Whether `v`, sitting at nesting `level` (containers enclosing it, itself included), stays
-/// within `max`.
-fn depth_ok(v: &J, level: usize, max: usize) -> bool {
-    match v {
-        J::Array(a) => level <= max && a.iter().all(|x| depth_ok(x, level + 1, max)),
-        J::Object(o) => level <= max && o.values().all(|x| depth_ok(x, level + 1, max)),
-        _ => true,
     }
 }
 

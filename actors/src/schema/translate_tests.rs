@@ -423,3 +423,67 @@ fn deletes_name_their_key_and_fill_the_rest() {
     assert_eq!(e.code(), "invalid_op");
     assert!(e.to_string().contains("primary key"), "{e}");
 }
+
+#[test]
+fn keys_in_any_order_escaped_or_repeated() {
+    let s = schema(&[("id", "int64", false), ("name", "string", true)]);
+    let lim = BatchLimits::default();
+    let parse = |body: &str| parse_batch(body.as_bytes(), BodyFormat::Json, &s, &lim);
+    let rows = parse(r#"[{"name":"a","id":1},{"\u0069d":2,"n\u0061me":"b\"c"}]"#).unwrap();
+    assert_eq!(rows[0].values, vec![Value::Int(1), Value::Str("a".into())]);
+    assert_eq!(rows[1].values, vec![Value::Int(2), Value::Str("b\"c".into())]);
+    // The last value of a repeated key is kept; a required field may be null before it.
+    let rows = parse(r#"{"id":null,"name":"x","id":3,"name":null}"#).unwrap();
+    assert_eq!(rows[0].values, vec![Value::Int(3), Value::Null]);
+    assert_eq!(
+        parse(r#"{"id":3,"id":null}"#).unwrap_err().code(),
+        "null_not_allowed"
+    );
+    // Every value given is checked, even one a later repetition replaces.
+    assert_eq!(
+        parse(r#"{"id":"x","id":3}"#).unwrap_err().code(),
+        "type_mismatch"
+    );
+    // `_op` may come anywhere, also after the key.
+    let mut keyed = s.clone();
+    keyed.primary_key = vec!["id".into()];
+    let rows = parse_batch(
+        br#"{"id":4,"_op":"delete"}"#,
+        BodyFormat::Json,
+        &keyed,
+        &lim,
+    )
+    .unwrap();
+    assert_eq!(rows[0].op, Op::Delete);
+}
+
+#[test]
+fn refused_containers_are_described_and_depth_checked() {
+    let s = schema(&[("v", "string", true), ("l", "list<int64>", true)]);
+    let lim = BatchLimits {
+        max_rows: 10,
+        max_depth: 3,
+    };
+    let parse = |body: &str| parse_batch(body.as_bytes(), BodyFormat::Json, &s, &lim);
+    let e = parse(r#"{"v":{"a":[1,2]}}"#).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "row 0, field \"v\": expected string, found object {\"a\":[1,2]}"
+    );
+    assert_eq!(parse(r#"{"v":[[[1]]]}"#).unwrap_err().code(), "too_deep");
+    assert_eq!(parse(r#"{"l":[[[1]]]}"#).unwrap_err().code(), "too_deep");
+    assert_eq!(parse(r#"{"x":[[[1]]]}"#).unwrap_err().code(), "too_deep");
+    let e = parse(r#"{"l":[1,null,"2"]}"#).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "row 0, field \"l[2]\": expected int64, found string \"2\""
+    );
+    let rows = parse(r#"{"l":[1,null,3]}"#).unwrap();
+    assert_eq!(
+        rows[0].values[1],
+        Value::List(vec![Value::Int(1), Value::Null, Value::Int(3)])
+    );
+    // A syntax error after a valid prefix is malformed JSON, not a schema error.
+    assert_eq!(parse(r#"[{"v":"a"},{"v":}]"#).unwrap_err().code(), "malformed_json");
+    assert_eq!(parse(r#"[{"v":"a"}] x"#).unwrap_err().code(), "malformed_json");
+}

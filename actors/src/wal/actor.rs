@@ -4,8 +4,9 @@
 //! Appends that arrive while a group is being written and synced wait in `pending` and form
 //! the next group, so under load many requests share one `fdatasync`, and an idle log syncs
 //! each request at once. The blocking write runs on tokio's blocking pool, never on the
-//! arbiter. After a group is durable its rows go to the memtable in sequence order, and only
-//! then are the requests answered: an acknowledged event is on disk and visible to reads.
+//! arbiter. After a group is durable its rows go to the memtable in sequence order, in one
+//! message for the whole group, and only then are the requests answered: an acknowledged event
+//! is on disk and visible to reads.
 //!
 //! Idempotency keys (see [`super::dedupe`]) are checked here, where sequences are assigned: a
 //! key already durable is answered at once with its first sequences, and a key whose first
@@ -34,7 +35,7 @@ use super::{Wal, WalError, WalRecord};
 use crate::catalog::CatalogActor;
 use crate::catalog::messages::Snapshot;
 use crate::ids::{Seq, TableRef};
-use crate::memtable::messages::Insert;
+use crate::memtable::messages::{Insert, InsertGroup};
 use crate::schema::TableSchema;
 
 /// Every ingest request waits here for its group commit; the capacity bounds how many
@@ -101,7 +102,7 @@ pub struct WalActor {
     /// An idempotency snapshot is being written (checkpoints wait for it).
     snapshotting: bool,
     in_flight: InFlight,
-    memtable: Recipient<Insert>,
+    memtable: Recipient<InsertGroup>,
     catalog: Addr<CatalogActor>,
     /// `Drain` requests waiting for the log to be idle.
     drains: Vec<oneshot::Sender<Result<(), WalError>>>,
@@ -139,7 +140,7 @@ impl WalActor {
     pub fn new(
         wal: Wal,
         next_seq: HashMap<TableRef, Seq>,
-        memtable: Recipient<Insert>,
+        memtable: Recipient<InsertGroup>,
         catalog: Addr<CatalogActor>,
         stats: Arc<WalStats>,
         dedupe: SharedDedupe,
@@ -247,7 +248,7 @@ impl WalActor {
         let due = self
             .checkpoint_due
             .take()
-            .and_then(|c| self.ready_to_checkpoint(c, ctx));
+            .and_then(|c| self.ready_to_checkpoint(&wal, c, ctx));
         let keyed: Vec<KeyOf> = records.iter().map(key_of).collect();
         let stats = self.stats.clone();
         let span = tracing::info_span!("wal_commit", records = records.len());
@@ -298,32 +299,33 @@ impl WalActor {
                         .records
                         .fetch_add(records.len() as u64, Ordering::Relaxed);
                     let memtable = act.memtable.clone();
+                    let mut inserts = Vec::with_capacity(records.len());
+                    let mut replies = Vec::with_capacity(records.len());
+                    for (record, w) in records.into_iter().zip(waiters) {
+                        let durable = Durable {
+                            first_seq: record.first_seq,
+                            last_seq: record.last_seq(),
+                            duplicate: false,
+                        };
+                        inserts.push(Insert {
+                            table: record.table,
+                            schema: w.schema,
+                            schema_version: record.schema_version,
+                            first_seq: record.first_seq,
+                            ingested_at_us: record.ingested_at_us,
+                            rows: record.rows,
+                            trace: w.trace,
+                        });
+                        replies.extend(w.reply.map(|r| (r, durable)));
+                    }
                     async move {
-                        let mut lost = None;
-                        for (record, w) in records.into_iter().zip(waiters) {
-                            let durable = Durable {
-                                first_seq: record.first_seq,
-                                last_seq: record.last_seq(),
-                                duplicate: false,
-                            };
-                            let insert = Insert {
-                                table: record.table,
-                                schema: w.schema,
-                                schema_version: record.schema_version,
-                                first_seq: record.first_seq,
-                                ingested_at_us: record.ingested_at_us,
-                                rows: record.rows,
-                                trace: w.trace,
-                            };
-                            if let Err(e) = memtable.send(insert).await {
-                                lost = Some(e.to_string());
-                            }
-                            // Durable either way: the WAL holds it and a restart replays it.
-                            if let Some(reply) = w.reply {
-                                let _ = reply.send(Ok(durable));
-                            }
+                        // One message for the whole group, in sequence order.
+                        let lost = memtable.send(InsertGroup(inserts)).await.err();
+                        // Durable either way: the WAL holds it and a restart replays it.
+                        for (reply, durable) in replies {
+                            let _ = reply.send(Ok(durable));
                         }
-                        lost
+                        lost.map(|e| e.to_string())
                     }
                     .into_actor(act)
                     .map(move |lost, act, _| {
@@ -352,10 +354,11 @@ impl WalActor {
             self.checkpoint_due = Some(committed);
             return;
         }
-        let Some(committed) = self.ready_to_checkpoint(committed, ctx) else {
+        let Some(mut wal) = self.wal.take() else {
             return;
         };
-        let Some(mut wal) = self.wal.take() else {
+        let Some(committed) = self.ready_to_checkpoint(&wal, committed, ctx) else {
+            self.wal = Some(wal);
             return;
         };
         let stats = self.stats.clone();
@@ -377,12 +380,18 @@ impl WalActor {
     /// `committed` if segments up to it may be deleted now: the snapshot on disk holds every
     /// idempotency key of events up to it. Otherwise the snapshot is written first, off the
     /// append path, and the checkpoint comes once it is on disk. Called with the log in hand,
-    /// so every durable batch's key has been recorded.
+    /// so every durable batch's key has been recorded. `None`, and no snapshot, while no
+    /// segment of `wal` could be deleted: the keys of live segments come back by replay, and a
+    /// snapshot (every live key) costs time in proportion to the keys, not to what changed.
     fn ready_to_checkpoint(
         &mut self,
+        wal: &Wal,
         committed: HashMap<TableRef, Seq>,
         ctx: &mut Context<Self>,
     ) -> Option<HashMap<TableRef, Seq>> {
+        if !wal.any_covered(&committed) {
+            return None;
+        }
         let snapshot = read_dedupe(&self.dedupe).snapshot_for(&committed);
         let Some(snapshot) = snapshot else {
             return Some(committed);

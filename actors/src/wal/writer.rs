@@ -89,6 +89,15 @@ struct SealedSegment {
     max_seq: HashMap<TableRef, Seq>,
 }
 
+impl SealedSegment {
+    /// Whether every record is at or below `committed` for its table.
+    fn covered(&self, committed: &HashMap<TableRef, Seq>) -> bool {
+        self.max_seq
+            .iter()
+            .all(|(table, &max)| max <= committed.get(table).copied().unwrap_or(0))
+    }
+}
+
 /// The write-ahead log writer, owned by one thread.
 pub struct Wal {
     config: WalConfig,
@@ -207,21 +216,21 @@ impl Wal {
         Ok(())
     }
 
+    /// Whether [`Wal::checkpoint`] with `committed` would delete a segment.
+    pub fn any_covered(&self, committed: &HashMap<TableRef, Seq>) -> bool {
+        self.sealed.values().any(|s| s.covered(committed))
+    }
+
     /// Deletes every sealed segment whose records all have sequences at or below
     /// `committed[table]` for their table (a table missing from the map counts as committed up
     /// to 0), then fsyncs the directory. The current segment is never deleted. Returns the
     /// number of segments deleted.
     pub fn checkpoint(&mut self, committed: &HashMap<TableRef, Seq>) -> Result<usize, WalError> {
         self.check_poisoned()?;
-        let covered = |s: &SealedSegment| {
-            s.max_seq
-                .iter()
-                .all(|(table, &max)| max <= committed.get(table).copied().unwrap_or(0))
-        };
         let doomed: Vec<u64> = self
             .sealed
             .iter()
-            .filter(|(_, s)| covered(s))
+            .filter(|(_, s)| s.covered(committed))
             .map(|(&id, _)| id)
             .collect();
         if doomed.is_empty() {
