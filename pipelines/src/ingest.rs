@@ -10,13 +10,13 @@ use alluvium_actors::compaction::messages::{Compact, CompactionReport};
 use alluvium_actors::ids::{TableName, TableRef, TenantId};
 use alluvium_actors::memtable::messages::FlushTable;
 use alluvium_actors::schema::messages::{
-    CreateTable, Created, GetTable, ListTables, TableInfo, Validate,
+    CreateTable, Created, GetTable, ListTables, TableInfo, Validate, ValidateMany, Validated,
 };
 use alluvium_actors::schema::translate::BodyFormat;
 use alluvium_actors::schema::{FieldType, TableSchema};
 use alluvium_actors::wal::actor::answer_retry;
 use alluvium_actors::wal::dedupe::{IdempotencyKey, body_hash};
-use alluvium_actors::wal::messages::{Append, Durability, Durable};
+use alluvium_actors::wal::messages::{Append, AppendMany, Durability, Durable};
 use bytes::Bytes;
 use serde::Serialize;
 use tracing::Instrument as _;
@@ -58,6 +58,31 @@ impl IngestAck {
                 durability.as_str()
             },
             duplicate: d.duplicate,
+        }
+    }
+}
+
+fn no_ingest_role() -> PipelineError {
+    PipelineError::WrongRole("this node has no ingest role: send batches to an ingest node".into())
+}
+
+/// What [`Node::admit`] decided.
+enum Admitted {
+    /// A retry of a stored batch: its first answer.
+    Retry(IngestAck),
+    /// To validate and append, with its idempotency key.
+    Go(TableRef, Option<IdempotencyKey>),
+}
+
+impl IngestAck {
+    /// The answer of an ingest node of a cluster: the batch is in the replicated log.
+    fn replicated(a: &crate::cluster::log::Appended) -> IngestAck {
+        IngestAck {
+            accepted: (a.last_seq + 1 - a.first_seq) as usize,
+            first_seq: a.first_seq,
+            last_seq: a.last_seq,
+            durability: REPLICATED,
+            duplicate: a.duplicate,
         }
     }
 }
@@ -175,22 +200,10 @@ impl Node {
         principal: &Principal,
         request: IngestRequest,
     ) -> Result<IngestAck, PipelineError> {
-        let table = Self::authorized(principal, Scope::Ingest, &request.table)?;
-        let key = request.idempotency_key.clone().map(|key| IdempotencyKey {
-            key,
-            body_hash: body_hash(request.idempotency_body.as_ref().unwrap_or(&request.body)),
-        });
-        // A retry of a stored batch is answered at once, before validation (which the schema
-        // might not pass any more). The WAL checks again, atomically, at append time.
-        if let Some(key) = &key
-            && let Some(durable) = answer_retry(&self.dedupe, &self.wal_stats, &table, key)?
-        {
-            return Ok(IngestAck::from_durable(durable, request.durability));
-        }
-        self.check_budget()?;
-        // Bytes are counted before the batch costs anything (validation); events once known.
-        self.quotas
-            .take(principal, Limit::Bytes, request.body.len() as u64)?;
+        let (table, key) = match self.admit(principal, &request)? {
+            Admitted::Retry(ack) => return Ok(ack),
+            Admitted::Go(table, key) => (table, key),
+        };
         let validated = match self
             .schema
             .send(Validate {
@@ -208,15 +221,7 @@ impl Node {
                 return Err(e);
             }
         };
-        if let Err(e) = self
-            .quotas
-            .take(principal, Limit::Events, validated.rows.len() as u64)
-        {
-            // A refused batch costs nothing.
-            self.quotas
-                .give_back(principal, Limit::Bytes, request.body.len() as u64);
-            return Err(e);
-        }
+        self.take_events(principal, &request, &validated)?;
         if let Some(log) = &self.log {
             let appended = log
                 .append(
@@ -227,18 +232,10 @@ impl Node {
                 )
                 .instrument(tracing::info_span!("log_append", table = %table))
                 .await?;
-            return Ok(IngestAck {
-                accepted: (appended.last_seq + 1 - appended.first_seq) as usize,
-                first_seq: appended.first_seq,
-                last_seq: appended.last_seq,
-                durability: REPLICATED,
-                duplicate: appended.duplicate,
-            });
+            return Ok(IngestAck::replicated(&appended));
         }
         let Some(wal) = &self.wal else {
-            return Err(PipelineError::WrongRole(
-                "this node has no ingest role: send batches to an ingest node".into(),
-            ));
+            return Err(no_ingest_role());
         };
         let rows = validated.rows.len();
         let span = tracing::info_span!("wal_append", table = %table, rows);
@@ -255,6 +252,173 @@ impl Node {
             .instrument(span)
             .await??;
         Ok(IngestAck::from_durable(durable, request.durability))
+    }
+
+    /// The checks of a batch before its validation: the grant, a retry of a stored batch
+    /// (answered at once, before validation, which the schema might not pass any more; the
+    /// WAL checks again, atomically, at append time), the memory budget and the byte quota
+    /// (counted before the batch costs anything; events once they are known).
+    fn admit(
+        &self,
+        principal: &Principal,
+        request: &IngestRequest,
+    ) -> Result<Admitted, PipelineError> {
+        let table = Self::authorized(principal, Scope::Ingest, &request.table)?;
+        let key = request.idempotency_key.clone().map(|key| IdempotencyKey {
+            key,
+            body_hash: body_hash(request.idempotency_body.as_ref().unwrap_or(&request.body)),
+        });
+        if let Some(key) = &key
+            && let Some(durable) = answer_retry(&self.dedupe, &self.wal_stats, &table, key)?
+        {
+            return Ok(Admitted::Retry(IngestAck::from_durable(
+                durable,
+                request.durability,
+            )));
+        }
+        self.check_budget()?;
+        self.quotas
+            .take(principal, Limit::Bytes, request.body.len() as u64)?;
+        Ok(Admitted::Go(table, key))
+    }
+
+    /// Charges a validated batch's events to the quota; a refused batch costs nothing.
+    fn take_events(
+        &self,
+        principal: &Principal,
+        request: &IngestRequest,
+        validated: &Validated,
+    ) -> Result<(), PipelineError> {
+        let taken = self
+            .quotas
+            .take(principal, Limit::Events, validated.rows.len() as u64);
+        if taken.is_err() {
+            self.quotas
+                .give_back(principal, Limit::Bytes, request.body.len() as u64);
+        }
+        taken
+    }
+
+    /// Ingests several batches (small NATS messages arriving together) as [`Node::ingest_batch`]
+    /// would one by one, each with its own principal, checks, idempotency key, atomicity and
+    /// answer (in the same order), but with one trip to the schema registry and one to the
+    /// WAL for the whole group, so they share a commit group. A cluster's ingest node appends
+    /// them to the replicated log one by one.
+    pub async fn ingest_group(
+        &self,
+        batches: Vec<(Principal, IngestRequest)>,
+    ) -> Vec<Result<IngestAck, PipelineError>> {
+        let mut answers: Vec<Option<Result<IngestAck, PipelineError>>> = Vec::new();
+        let mut admitted = Vec::new();
+        let mut checks = Vec::new();
+        for (i, (principal, request)) in batches.iter().enumerate() {
+            answers.push(match self.admit(principal, request) {
+                Ok(Admitted::Retry(ack)) => Some(Ok(ack)),
+                Ok(Admitted::Go(table, key)) => {
+                    checks.push(Validate {
+                        table: table.clone(),
+                        body: request.body.clone(),
+                        format: request.format,
+                    });
+                    admitted.push((i, table, key));
+                    None
+                }
+                Err(e) => Some(Err(e)),
+            });
+        }
+        let validated = if checks.is_empty() {
+            Vec::new()
+        } else {
+            let span = tracing::info_span!("schema_validate", batches = checks.len());
+            match self
+                .schema
+                .send(ValidateMany(checks))
+                .instrument(span)
+                .await
+            {
+                Ok(v) => v,
+                Err(e) => {
+                    return answers
+                        .into_iter()
+                        .map(|a| a.unwrap_or_else(|| Err(e.into())))
+                        .collect();
+                }
+            }
+        };
+        let mut appends = Vec::new();
+        let mut appended = Vec::new();
+        for ((i, table, key), result) in admitted.into_iter().zip(validated) {
+            let (principal, request) = &batches[i];
+            let validated = match result {
+                Ok(v) => v,
+                Err(e) => {
+                    let e = PipelineError::Schema(e);
+                    self.reject(&table, request, &e);
+                    answers[i] = Some(Err(e));
+                    continue;
+                }
+            };
+            if let Err(e) = self.take_events(principal, request, &validated) {
+                answers[i] = Some(Err(e));
+                continue;
+            }
+            if let Some(log) = &self.log {
+                let appended = log
+                    .append(
+                        &table,
+                        validated.schema_version,
+                        validated.rows,
+                        key.as_ref(),
+                    )
+                    .await;
+                answers[i] = Some(appended.map(|a| IngestAck::replicated(&a)));
+                continue;
+            }
+            appends.push(Append {
+                table,
+                schema: validated.schema,
+                schema_version: validated.schema_version,
+                rows: validated.rows,
+                durability: request.durability,
+                idempotency_key: key,
+                trace: None,
+            });
+            appended.push((i, request.durability));
+        }
+        if !appends.is_empty() {
+            let results = match &self.wal {
+                None => Err(None),
+                Some(wal) => {
+                    let span = tracing::info_span!("wal_append", batches = appends.len());
+                    let sent = wal.send(AppendMany(appends)).instrument(span).await;
+                    sent.map_err(Some)
+                }
+            };
+            match results {
+                Ok(results) => {
+                    for ((i, durability), r) in appended.into_iter().zip(results) {
+                        answers[i] = Some(
+                            r.map(|d| IngestAck::from_durable(d, durability))
+                                .map_err(PipelineError::from),
+                        );
+                    }
+                }
+                Err(e) => {
+                    for (i, _) in appended {
+                        answers[i] = Some(Err(match e {
+                            Some(e) => e.into(),
+                            None => no_ingest_role(),
+                        }));
+                    }
+                }
+            }
+        }
+        answers
+            .into_iter()
+            // Every batch was answered above; a shorter answer from a component counts as
+            // that component gone.
+            .map(|a| a.unwrap_or_else(|| Err(actix::MailboxError::Closed.into())))
+            .collect()
     }
 
     /// Deletes a key of an upsert table (`ingest` scope): appends a tombstone, which hides every

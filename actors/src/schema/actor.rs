@@ -13,7 +13,7 @@ use super::error::SchemaError;
 use super::evolve;
 use super::messages::{
     CreateTable, Created, Evolve, Evolved, GetTable, ListTables, Sync, TableInfo, Validate,
-    Validated,
+    ValidateMany, Validated,
 };
 use super::translate::{BatchLimits, parse_batch};
 use super::types::{Evolution, TableSchema};
@@ -354,11 +354,42 @@ impl Handler<Validate> for SchemaActor {
     type Result = ResponseFuture<Result<Validated, SchemaError>>;
 
     fn handle(&mut self, msg: Validate, ctx: &mut Self::Context) -> Self::Result {
-        let me = ctx.address();
+        Box::pin(self.validate(msg, ctx.address()))
+    }
+}
+
+impl Handler<ValidateMany> for SchemaActor {
+    type Result = ResponseFuture<Vec<Result<Validated, SchemaError>>>;
+
+    fn handle(&mut self, msg: ValidateMany, ctx: &mut Self::Context) -> Self::Result {
+        let checks: Vec<_> = msg
+            .0
+            .into_iter()
+            .map(|v| self.validate(v, ctx.address()))
+            .collect();
+        // One after the other: each is small (a group is made of small messages), and a
+        // later one may need the table an earlier one created.
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(checks.len());
+            for check in checks {
+                out.push(check.await);
+            }
+            out
+        })
+    }
+}
+
+impl SchemaActor {
+    /// The validation of one body, to run after the handler returns.
+    fn validate(
+        &self,
+        msg: Validate,
+        me: Addr<Self>,
+    ) -> impl Future<Output = Result<Validated, SchemaError>> + 'static {
         let known = self.tables.get(&msg.table).cloned();
         let infer_new = self.infer_new_tables;
         let limits = self.limits.clone();
-        Box::pin(async move {
+        async move {
             let Validate {
                 table,
                 body,
@@ -439,6 +470,6 @@ impl Handler<Validate> for SchemaActor {
                     .map_err(mailbox)??;
                 info = evolved.info;
             }
-        })
+        }
     }
 }

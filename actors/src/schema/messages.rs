@@ -107,6 +107,12 @@ impl fmt::Debug for Validate {
     }
 }
 
+/// Several [`Validate`]s in one message, each checked on its own (one body's error does not
+/// affect another's); the answers come in the same order.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<Result<Validated, SchemaError>>")]
+pub struct ValidateMany(pub Vec<Validate>);
+
 /// Rows that passed validation.
 pub struct Validated {
     /// Schema they were checked against.

@@ -160,7 +160,9 @@ impl<'s> Translator<'s> {
                 return Err(SchemaError::TooManyRows { max: 0 });
             }
             let at = Location { row: 0, line: None };
-            self.event(at, &slot).deserialize(&mut de).map(|row| vec![row])
+            self.event(at, &slot)
+                .deserialize(&mut de)
+                .map(|row| vec![row])
         } else {
             let mut rows = Vec::with_capacity(rows_hint(body.len(), self.limits.max_rows));
             (&mut de)

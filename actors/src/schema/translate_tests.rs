@@ -431,7 +431,10 @@ fn keys_in_any_order_escaped_or_repeated() {
     let parse = |body: &str| parse_batch(body.as_bytes(), BodyFormat::Json, &s, &lim);
     let rows = parse(r#"[{"name":"a","id":1},{"\u0069d":2,"n\u0061me":"b\"c"}]"#).unwrap();
     assert_eq!(rows[0].values, vec![Value::Int(1), Value::Str("a".into())]);
-    assert_eq!(rows[1].values, vec![Value::Int(2), Value::Str("b\"c".into())]);
+    assert_eq!(
+        rows[1].values,
+        vec![Value::Int(2), Value::Str("b\"c".into())]
+    );
     // The last value of a repeated key is kept; a required field may be null before it.
     let rows = parse(r#"{"id":null,"name":"x","id":3,"name":null}"#).unwrap();
     assert_eq!(rows[0].values, vec![Value::Int(3), Value::Null]);
@@ -484,6 +487,12 @@ fn refused_containers_are_described_and_depth_checked() {
         Value::List(vec![Value::Int(1), Value::Null, Value::Int(3)])
     );
     // A syntax error after a valid prefix is malformed JSON, not a schema error.
-    assert_eq!(parse(r#"[{"v":"a"},{"v":}]"#).unwrap_err().code(), "malformed_json");
-    assert_eq!(parse(r#"[{"v":"a"}] x"#).unwrap_err().code(), "malformed_json");
+    assert_eq!(
+        parse(r#"[{"v":"a"},{"v":}]"#).unwrap_err().code(),
+        "malformed_json"
+    );
+    assert_eq!(
+        parse(r#"[{"v":"a"}] x"#).unwrap_err().code(),
+        "malformed_json"
+    );
 }

@@ -30,7 +30,7 @@ use actix::{
 use tokio::sync::oneshot;
 
 use super::dedupe::{Dedupe, IdempotencyKey, Seen, SharedDedupe};
-use super::messages::{Append, Drain, Durability, Durable};
+use super::messages::{Append, AppendMany, Drain, Durability, Durable};
 use super::{Wal, WalError, WalRecord};
 use crate::catalog::CatalogActor;
 use crate::catalog::messages::Snapshot;
@@ -474,6 +474,28 @@ impl Handler<Append> for WalActor {
     type Result = ResponseFuture<Result<Durable, WalError>>;
 
     fn handle(&mut self, msg: Append, ctx: &mut Self::Context) -> Self::Result {
+        let answer = self.append(msg);
+        self.start_commit(ctx);
+        answer
+    }
+}
+
+impl Handler<AppendMany> for WalActor {
+    type Result = ResponseFuture<Vec<Result<Durable, WalError>>>;
+
+    fn handle(&mut self, msg: AppendMany, ctx: &mut Self::Context) -> Self::Result {
+        let answers: Vec<_> = msg.0.into_iter().map(|a| self.append(a)).collect();
+        // Queued together, so they share the next group commit.
+        self.start_commit(ctx);
+        Box::pin(futures::future::join_all(answers))
+    }
+}
+
+impl WalActor {
+    /// Sequences a batch and queues it for the next group (which the caller starts); the
+    /// future answers once the batch is durable, or at once for a duplicate, a refusal or
+    /// `Durability::Received`.
+    fn append(&mut self, msg: Append) -> ResponseFuture<Result<Durable, WalError>> {
         if let Some(e) = &self.poisoned {
             let e = e.clone();
             return Box::pin(async move { Err(e) });
@@ -542,7 +564,6 @@ impl Handler<Append> for WalActor {
                 reply: None,
                 trace: msg.trace,
             });
-            self.start_commit(ctx);
             return Box::pin(async move { Ok(durable) });
         }
         let (reply, rx) = oneshot::channel();
@@ -551,7 +572,6 @@ impl Handler<Append> for WalActor {
             reply: Some(reply),
             trace: msg.trace,
         });
-        self.start_commit(ctx);
         Box::pin(async move {
             rx.await.unwrap_or_else(|_| {
                 Err(WalError::Poisoned {

@@ -32,6 +32,12 @@ pub struct Append {
     pub trace: Option<crate::trace::TraceLink>,
 }
 
+/// Several [`Append`]s in one message, sequenced in order and written in the same commit
+/// group; each keeps its own record, idempotency key and answer (same order).
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<Result<Durable, WalError>>")]
+pub struct AppendMany(pub Vec<Append>);
+
 /// The point at which an append is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -23,14 +23,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use alluvium_actors::auth::AuthError;
+use alluvium_actors::auth::{AuthError, Principal};
 use alluvium_actors::ids::TenantId;
 use alluvium_actors::schema::translate::BodyFormat;
 use alluvium_actors::wal::messages::Durability;
 use alluvium_nats::async_nats::{self, HeaderMap};
 use alluvium_nats::{Subjects, headers};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use tokio::sync::{Semaphore, watch};
 
 use alluvium_nats::async_nats::jetstream::{self, AckKind, consumer};
@@ -153,46 +153,87 @@ pub async fn serve(
             }
         };
         let Some(msg) = next else { break };
-        let permit = match permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            // Full: a requester is told at once to retry later, rather than queueing without
-            // bound; a fire-and-forget message (nobody to tell) waits for room.
-            Err(_) if msg.reply.is_some() => {
-                let (_, client, _, config, stats) = &*ctx;
-                stats.messages.fetch_add(1, Ordering::Relaxed);
-                stats.errors.fetch_add(1, Ordering::Relaxed);
-                let problem = Problem::new(
-                    503,
-                    "overloaded",
-                    format!(
-                        "{} batches are being ingested; retry after 1 s",
-                        config.max_in_flight
-                    ),
-                );
-                reply(
-                    client,
-                    stats,
-                    msg.reply,
-                    503,
-                    Some(problem.code),
-                    serde_json::to_vec(&problem),
-                )
-                .await;
-                continue;
+        // The messages already received join this one: they are handled as one group.
+        let mut group = Vec::new();
+        let mut pending = Some(msg);
+        while let Some(msg) = pending.take() {
+            match admit(&ctx, &permits, msg).await {
+                Admission::Admitted(m, permit) => group.push((m, permit)),
+                Admission::Refused => {}
+                Admission::Closed => return,
             }
-            Err(_) => match permits.clone().acquire_owned().await {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
+            if group.len() < MAX_GROUP {
+                pending = sub.next().now_or_never().flatten();
+            }
+        }
+        if group.is_empty() {
+            continue;
+        }
         let ctx = ctx.clone();
         actix::spawn(async move {
             let (node, client, subjects, config, stats) = &*ctx;
-            handle(node, client, subjects, config, stats, msg).await;
-            drop(permit);
+            let (messages, permits): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+            handle_group(node, client, subjects, config, stats, messages).await;
+            drop(permits);
         });
     }
     in_flight_done(&permits, max_in_flight).await;
+}
+
+/// Most messages handled as one group: they share one authentication per credential, one
+/// trip to the schema registry and one to the WAL.
+const MAX_GROUP: usize = 128;
+
+type ServeCtx = (
+    Node,
+    async_nats::Client,
+    Subjects,
+    NatsIngestConfig,
+    Arc<NatsIngestStats>,
+);
+
+enum Admission {
+    Admitted(async_nats::Message, tokio::sync::OwnedSemaphorePermit),
+    /// Answered 503 at once.
+    Refused,
+    /// The permits are gone: the source is stopping.
+    Closed,
+}
+
+/// Takes a permit for `msg`. When all are taken, a requester is told at once to retry later,
+/// rather than queueing without bound; a fire-and-forget message (nobody to tell) waits for
+/// room.
+async fn admit(ctx: &ServeCtx, permits: &Arc<Semaphore>, msg: async_nats::Message) -> Admission {
+    match permits.clone().try_acquire_owned() {
+        Ok(p) => Admission::Admitted(msg, p),
+        Err(_) if msg.reply.is_some() => {
+            let (_, client, _, config, stats) = ctx;
+            stats.messages.fetch_add(1, Ordering::Relaxed);
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            let problem = Problem::new(
+                503,
+                "overloaded",
+                format!(
+                    "{} batches are being ingested; retry after 1 s",
+                    config.max_in_flight
+                ),
+            );
+            reply(
+                client,
+                stats,
+                msg.reply,
+                503,
+                Some(problem.code),
+                serde_json::to_vec(&problem),
+            )
+            .await;
+            Admission::Refused
+        }
+        Err(_) => match permits.clone().acquire_owned().await {
+            Ok(p) => Admission::Admitted(msg, p),
+            Err(_) => Admission::Closed,
+        },
+    }
 }
 
 /// Sends a reply with the status headers (and `Retry-After` for 429 and 503).
@@ -223,17 +264,33 @@ async fn reply(
     }
 }
 
-async fn handle(
+async fn handle_group(
     node: &Node,
     client: &async_nats::Client,
     subjects: &Subjects,
     config: &NatsIngestConfig,
     stats: &NatsIngestStats,
-    msg: async_nats::Message,
+    messages: Vec<async_nats::Message>,
 ) {
-    stats.messages.fetch_add(1, Ordering::Relaxed);
+    stats
+        .messages
+        .fetch_add(messages.len() as u64, Ordering::Relaxed);
+    let keys = vec![None; messages.len()];
+    let refs: Vec<&async_nats::Message> = messages.iter().collect();
+    let results = ingest_messages(node, subjects, config, &refs, keys, false).await;
+    for (msg, result) in messages.into_iter().zip(results) {
+        answer(client, stats, msg, result).await;
+    }
+}
+
+/// Counts and answers one message.
+async fn answer(
+    client: &async_nats::Client,
+    stats: &NatsIngestStats,
+    msg: async_nats::Message,
+    result: Result<IngestAck, Problem>,
+) {
     let size = msg.payload.len() as u64;
-    let result = ingest_message(node, subjects, config, &msg, None, false).await;
     let (status, code, body) = match &result {
         Ok(ack) => {
             stats
@@ -275,18 +332,80 @@ fn bad_request(code: &'static str, detail: String) -> Problem {
     Problem::new(400, code, detail)
 }
 
-/// Handles one message: everything a reply needs, as the acknowledgement or the problem.
-/// `fallback_key` is the key of a message without one (JetStream mode: its stream sequence);
-/// `jetstream` marks a message of the ingest stream, which is answered only once durable in
-/// the WAL whatever it asks for.
-pub async fn ingest_message(
+/// Handles messages received together: everything each reply needs, as the acknowledgement or
+/// the problem, in order. Each message is its own batch (its own checks, idempotency key and
+/// all-or-nothing outcome); together they authenticate once per credential and share the
+/// trips to the schema registry and the WAL. `fallback_keys` are the keys of messages without
+/// one (JetStream mode: their stream sequences); `jetstream` marks messages of the ingest
+/// stream, which are answered only once durable in the WAL whatever they ask for.
+pub async fn ingest_messages(
+    node: &Node,
+    subjects: &Subjects,
+    config: &NatsIngestConfig,
+    messages: &[&async_nats::Message],
+    fallback_keys: Vec<Option<String>>,
+    jetstream: bool,
+) -> Vec<Result<IngestAck, Problem>> {
+    let mut answers: Vec<Option<Result<IngestAck, Problem>>> = Vec::new();
+    let mut batches = Vec::new();
+    let mut positions = Vec::new();
+    let mut known = Authenticated::default();
+    for (i, (msg, key)) in messages.iter().zip(fallback_keys).enumerate() {
+        match prepare(node, subjects, config, msg, key, jetstream, &mut known).await {
+            Ok(batch) => {
+                batches.push(batch);
+                positions.push(i);
+                answers.push(None);
+            }
+            Err(p) => answers.push(Some(Err(p))),
+        }
+    }
+    for (i, result) in positions.into_iter().zip(node.ingest_group(batches).await) {
+        answers[i] = Some(result.map_err(|e| e.problem()));
+    }
+    answers
+        .into_iter()
+        .map(|a| {
+            a.unwrap_or_else(|| {
+                Err(Problem::new(
+                    500,
+                    "internal",
+                    "the batch was not answered".into(),
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Principals of the credentials met in one group, so each is authenticated once.
+#[derive(Default)]
+struct Authenticated(Vec<(String, Principal)>);
+
+impl Authenticated {
+    async fn principal(&mut self, node: &Node, credential: &str) -> Result<Principal, Problem> {
+        if let Some((_, p)) = self.0.iter().find(|(c, _)| c == credential) {
+            return Ok(p.clone());
+        }
+        let p = node
+            .authenticate(credential)
+            .await
+            .map_err(|e| e.problem())?;
+        self.0.push((credential.to_string(), p.clone()));
+        Ok(p)
+    }
+}
+
+/// Reads one message into a batch with its principal: the subject, the credential, the
+/// headers. The problem if any of them is refused.
+async fn prepare(
     node: &Node,
     subjects: &Subjects,
     config: &NatsIngestConfig,
     msg: &async_nats::Message,
     fallback_key: Option<String>,
     jetstream: bool,
-) -> Result<IngestAck, Problem> {
+    known: &mut Authenticated,
+) -> Result<(Principal, IngestRequest), Problem> {
     let subject = msg.subject.as_str();
     let Some((tenant, table)) = subjects.parse_ingest(subject) else {
         return Err(bad_request(
@@ -303,10 +422,7 @@ pub async fn ingest_message(
         .ok_or(headers::HeaderError::MissingCredential)
         .and_then(headers::credential)
         .map_err(|_| PipelineError::Auth(AuthError::Unauthenticated).problem())?;
-    let principal = node
-        .authenticate(credential)
-        .await
-        .map_err(|e| e.problem())?;
+    let principal = known.principal(node, credential).await?;
     let tenant = TenantId::new(tenant).map_err(|e| PipelineError::Name(e).problem())?;
     if tenant != principal.tenant {
         return Err(Problem::new(
@@ -390,9 +506,7 @@ pub async fn ingest_message(
             Source::Nats
         },
     };
-    node.ingest_batch(&principal, request)
-        .await
-        .map_err(|e| e.problem())
+    Ok((principal, request))
 }
 
 /// Name of the durable consumer of JetStream mode, shared by every ingest node.
@@ -469,22 +583,33 @@ async fn consume(
                 continue;
             }
         };
-        while let Some(msg) = messages.next().await {
-            let msg = match msg {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::debug!(error = %e, "ingest stream pull interrupted");
-                    continue;
+        while let Some(first) = messages.next().await {
+            // The messages already pulled join this one: they are handled as one group.
+            let mut group = Vec::new();
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    Ok(m) => {
+                        let Ok(permit) = permits.clone().acquire_owned().await else {
+                            return;
+                        };
+                        group.push((m, permit));
+                    }
+                    Err(e) => tracing::debug!(error = %e, "ingest stream pull interrupted"),
                 }
-            };
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
+                if group.len() < MAX_GROUP {
+                    next = messages.next().now_or_never().flatten();
+                }
+            }
+            if group.is_empty() {
+                continue;
+            }
             let ctx = ctx.clone();
             actix::spawn(async move {
                 let (node, subjects, config, stats) = &*ctx;
-                handle_jetstream(node, subjects, config, stats, msg).await;
-                drop(permit);
+                let (messages, permits): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+                handle_jetstream(node, subjects, config, stats, messages).await;
+                drop(permits);
             });
         }
     }
@@ -495,15 +620,37 @@ async fn handle_jetstream(
     subjects: &Subjects,
     config: &NatsIngestConfig,
     stats: &NatsIngestStats,
-    msg: jetstream::Message,
+    messages: Vec<jetstream::Message>,
 ) {
-    stats.messages.fetch_add(1, Ordering::Relaxed);
+    stats
+        .messages
+        .fetch_add(messages.len() as u64, Ordering::Relaxed);
     // A producer's key cannot hold a control character, so this one cannot collide with one.
-    let key = msg
-        .info()
-        .ok()
-        .map(|i| format!("\u{1f}js:{}", i.stream_sequence));
-    let ack = match ingest_message(node, subjects, config, &msg.message, key, true).await {
+    let keys = messages
+        .iter()
+        .map(|m| {
+            m.info()
+                .ok()
+                .map(|i| format!("\u{1f}js:{}", i.stream_sequence))
+        })
+        .collect();
+    let inner: Vec<&async_nats::Message> = messages.iter().map(|m| &m.message).collect();
+    let results = ingest_messages(node, subjects, config, &inner, keys, true).await;
+    for (msg, result) in messages.iter().zip(results) {
+        settle(node, subjects, stats, msg, result).await;
+    }
+}
+
+/// Counts one message of the ingest stream and acknowledges it: done, to redeliver later, or
+/// refused for good.
+async fn settle(
+    node: &Node,
+    subjects: &Subjects,
+    stats: &NatsIngestStats,
+    msg: &jetstream::Message,
+    result: Result<IngestAck, Problem>,
+) {
+    let ack = match result {
         Ok(ack) => {
             stats
                 .events
