@@ -173,6 +173,14 @@ fn json_translate(c: &mut Criterion) {
         b.iter(|| serde_json::from_slice::<Vec<serde_json::Value>>(black_box(&body)).unwrap());
     });
     group.finish();
+    // A small NATS message: the per-batch cost shows.
+    let small = self::body(10);
+    let mut group = c.benchmark_group("json_translate_small");
+    group.throughput(Throughput::Bytes(small.len() as u64));
+    group.bench_function("10_events", |b| {
+        b.iter(|| parse_batch(black_box(&small), BodyFormat::Json, &schema, &limits).unwrap());
+    });
+    group.finish();
 }
 
 fn arrow_parquet(c: &mut Criterion) {

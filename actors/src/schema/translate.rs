@@ -107,12 +107,17 @@ pub fn parse_batch(
 /// The schema prepared for one batch: field lookup by name and the fields that must be present.
 struct Translator<'s> {
     schema: &'s TableSchema,
-    index: HashMap<&'s str, usize>,
+    /// Field positions by name, for schemas too wide to search: a small message would spend
+    /// more on building the map than on the lookups it saves.
+    index: Option<HashMap<&'s str, usize>>,
     required: Vec<usize>,
     /// Positions of the primary key columns.
     key: Vec<usize>,
     limits: &'s BatchLimits,
 }
+
+/// Widest schema whose fields are found by a linear search rather than a map.
+const LINEAR_SEARCH_FIELDS: usize = 16;
 
 /// Rows reserved ahead for a body of this many bytes: about one per 128 bytes (events are
 /// rarely smaller), so a typical batch fills its vector without growing it.
@@ -122,12 +127,14 @@ fn rows_hint(body_len: usize, max_rows: usize) -> usize {
 
 impl<'s> Translator<'s> {
     fn new(schema: &'s TableSchema, limits: &'s BatchLimits) -> Self {
-        let index = schema
-            .fields
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.name.as_str(), i))
-            .collect();
+        let index = (schema.fields.len() > LINEAR_SEARCH_FIELDS).then(|| {
+            schema
+                .fields
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (f.name.as_str(), i))
+                .collect()
+        });
         let required = schema
             .fields
             .iter()
@@ -221,8 +228,12 @@ impl<'s> Translator<'s> {
         if self.schema.fields.get(hint).is_some_and(|f| f.name == name) {
             return Key::Field(hint);
         }
-        match self.index.get(name) {
-            Some(&i) => Key::Field(i),
+        let found = match &self.index {
+            Some(index) => index.get(name).copied(),
+            None => self.schema.fields.iter().position(|f| f.name == name),
+        };
+        match found {
+            Some(i) => Key::Field(i),
             None => Key::Unknown(shown_name(name)),
         }
     }

@@ -496,3 +496,19 @@ fn refused_containers_are_described_and_depth_checked() {
         "malformed_json"
     );
 }
+
+#[test]
+fn wide_schemas_find_fields_by_name() {
+    let names: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+    let fields: Vec<(&str, &str, bool)> =
+        names.iter().map(|n| (n.as_str(), "int64", true)).collect();
+    let s = schema(&fields);
+    let lim = BatchLimits::default();
+    let rows = parse_batch(br#"{"f19":19,"f0":0,"f7":7}"#, BodyFormat::Json, &s, &lim).unwrap();
+    assert_eq!(rows[0].values[19], Value::Int(19));
+    assert_eq!(rows[0].values[0], Value::Int(0));
+    assert_eq!(rows[0].values[7], Value::Int(7));
+    assert_eq!(rows[0].values[1], Value::Null);
+    let e = parse_batch(br#"{"f20":1}"#, BodyFormat::Json, &s, &lim).unwrap_err();
+    assert_eq!(e.code(), "unknown_field");
+}
