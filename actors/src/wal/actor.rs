@@ -57,7 +57,7 @@ type Reply = oneshot::Sender<Result<Durable, WalError>>;
 
 /// An idempotency key in flight: its batch (with this body hash) is sequenced but not yet
 /// durable.
-type InFlight = HashMap<(TableRef, String), (u64, Vec<Reply>)>;
+type InFlight = foldhash::HashMap<(TableRef, String), (u64, Vec<Reply>)>;
 
 impl Waiter {
     fn answer(self, res: Result<Durable, WalError>) {
@@ -156,7 +156,7 @@ impl WalActor {
             checkpoint_due: None,
             dedupe,
             snapshotting: false,
-            in_flight: HashMap::new(),
+            in_flight: InFlight::default(),
             memtable,
             catalog,
             drains: Vec::new(),

@@ -18,6 +18,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use foldhash::HashMap as FastMap;
 use serde::{Deserialize, Serialize};
 
 use super::messages::Durable;
@@ -124,7 +125,9 @@ pub type SharedDedupe = std::sync::Arc<std::sync::RwLock<Dedupe>>;
 pub struct Dedupe {
     config: DedupeConfig,
     path: PathBuf,
-    map: HashMap<TableRef, HashMap<String, Seen>>,
+    /// Keyed with a fast seeded hash: every message with a key is looked up here at least
+    /// twice.
+    map: FastMap<TableRef, FastMap<String, Seen>>,
     len: usize,
     order: VecDeque<(i64, TableRef, String)>,
     /// The committed positions the snapshot on disk covers.
@@ -140,7 +143,7 @@ impl Dedupe {
         Dedupe {
             config,
             path: PathBuf::new(),
-            map: HashMap::new(),
+            map: FastMap::default(),
             len: 0,
             order: VecDeque::new(),
             saved: HashMap::new(),
@@ -154,7 +157,7 @@ impl Dedupe {
         let mut d = Dedupe {
             config,
             path,
-            map: HashMap::new(),
+            map: FastMap::default(),
             len: 0,
             order: VecDeque::new(),
             saved: HashMap::new(),
