@@ -9,7 +9,10 @@
 //! `Idempotency-Key` or `Nats-Msg-Id` makes a retry answer with the first batch's sequences.
 //!
 //! Many messages are in flight at once, so their WAL writes share group commits; at the limit,
-//! requests are answered 503 with `Retry-After` at once instead of queueing.
+//! requests are answered 503 with `Retry-After` at once instead of queueing. Messages already
+//! received when one is taken (up to 128) are handled with it as a group
+//! ([`ingest_messages`]): one authentication per credential, one validation request, one WAL
+//! append, and still one batch, one outcome and one reply per message.
 //!
 //! **JetStream mode** ([`serve_jetstream`]): producers publish to the `ALLUVIUM_INGEST` stream
 //! (their publish is acknowledged by JetStream once the stream has it), and a durable pull
