@@ -202,6 +202,12 @@ impl Metrics {
                     load(&i.messages),
                 ),
                 (
+                    "alluvium_nats_ingest_groups_total",
+                    "counter",
+                    "Groups of NATS ingest messages received together and handled as one.",
+                    load(&i.groups),
+                ),
+                (
                     "alluvium_nats_ingest_events_total",
                     "counter",
                     "Events of accepted NATS ingest messages.",

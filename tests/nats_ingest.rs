@@ -529,6 +529,88 @@ async fn jetstream_mode_acks_after_the_wal_and_stores_redeliveries_once() {
     assert!(rejects.iter().all(|r| r["source"] == "jetstream"));
 }
 
+/// A burst of messages arrives together and is handled in groups: each message still gets its
+/// own outcome. Refused ones (bad data, a bad credential) change nothing for the others, and
+/// two messages with one key in the same burst are stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_mixed_messages_gets_one_answer_each() {
+    let lake = Lake::new();
+    let server = lake.serve(&[]);
+    create_table(
+        &server,
+        ADMIN_KEY,
+        "burst",
+        &json!({"fields": [{"name": "n", "type": "int64"}]}),
+    );
+    let client = async_nats::connect(lake.nats.url()).await.unwrap();
+    let subject = "alluvium.ingest.default.burst";
+    let sends = (0..300usize).map(|i| {
+        let client = client.clone();
+        async move {
+            let (headers, body) = match i % 5 {
+                0 => (auth(ADMIN_KEY), json!({"n": "not a number"}).to_string()),
+                1 => (auth("not-a-key"), json!({"n": i}).to_string()),
+                // Both members of a pair carry the same key and body.
+                2 | 3 => {
+                    let mut h = auth(ADMIN_KEY);
+                    h.insert("Nats-Msg-Id", format!("pair-{}", i / 5).as_str());
+                    (h, json!([{"n": i / 5}, {"n": 1000 + i / 5}]).to_string())
+                }
+                _ => (auth(ADMIN_KEY), json!({"n": 10_000 + i}).to_string()),
+            };
+            (i, request(&client, subject, headers, &body).await)
+        }
+    });
+    let answers = futures::future::join_all(sends).await;
+    let mut pairs = std::collections::HashMap::new();
+    for (i, (status, body)) in &answers {
+        match i % 5 {
+            0 => assert_eq!(
+                (*status, body["code"].as_str()),
+                (400, Some("type_mismatch"))
+            ),
+            1 => assert_eq!(
+                (*status, body["code"].as_str()),
+                (401, Some("invalid_api_key"))
+            ),
+            2 | 3 => {
+                assert_eq!(
+                    (*status, body["accepted"].as_u64()),
+                    (200, Some(2)),
+                    "{body}"
+                );
+                pairs
+                    .entry(i / 5)
+                    .or_insert_with(Vec::new)
+                    .push(body.clone());
+            }
+            _ => assert_eq!(
+                (*status, body["accepted"].as_u64()),
+                (200, Some(1)),
+                "{body}"
+            ),
+        }
+    }
+    for (pair, acks) in &pairs {
+        let duplicates = acks.iter().filter(|a| a["duplicate"] == true).count();
+        assert_eq!(duplicates, 1, "pair {pair}: {acks:?}");
+        assert_eq!(acks[0]["first_seq"], acks[1]["first_seq"], "pair {pair}");
+    }
+    let (messages, groups) = (
+        metric(&server, "alluvium_nats_ingest_messages_total"),
+        metric(&server, "alluvium_nats_ingest_groups_total"),
+    );
+    assert_eq!(messages, 300);
+    assert!(groups < messages, "{messages} messages in {groups} groups");
+    // 60 pairs of 2 events stored once, 60 single events; nothing of the refused ones.
+    assert_eq!(count(&server, "burst"), 60 * 2 + 60);
+    let rows = query_all(&server, ADMIN_KEY, "burst", &json!({}));
+    let mut ns: Vec<i64> = rows.iter().map(|r| r["n"].as_i64().unwrap()).collect();
+    ns.sort_unstable();
+    ns.dedup();
+    assert_eq!(ns.len(), 180, "every stored event is distinct");
+}
+
 /// Sends event `i` (padded with `pad`) to table `t` with message id `m-{i}`; asserts 200.
 async fn keyed(client: &async_nats::Client, i: usize, pad: &str) -> Value {
     let mut h = auth(ADMIN_KEY);

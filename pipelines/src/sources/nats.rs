@@ -72,6 +72,8 @@ impl Default for NatsIngestConfig {
 pub struct NatsIngestStats {
     /// Messages received.
     pub messages: AtomicU64,
+    /// Groups the messages were handled in (messages received together form one group).
+    pub groups: AtomicU64,
     /// Events accepted (made durable).
     pub events: AtomicU64,
     /// Payload bytes of accepted messages.
@@ -278,6 +280,7 @@ async fn handle_group(
     stats
         .messages
         .fetch_add(messages.len() as u64, Ordering::Relaxed);
+    stats.groups.fetch_add(1, Ordering::Relaxed);
     let keys = vec![None; messages.len()];
     let refs: Vec<&async_nats::Message> = messages.iter().collect();
     let results = ingest_messages(node, subjects, config, &refs, keys, false).await;
@@ -628,6 +631,7 @@ async fn handle_jetstream(
     stats
         .messages
         .fetch_add(messages.len() as u64, Ordering::Relaxed);
+    stats.groups.fetch_add(1, Ordering::Relaxed);
     // A producer's key cannot hold a control character, so this one cannot collide with one.
     let keys = messages
         .iter()
