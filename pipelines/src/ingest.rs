@@ -62,6 +62,20 @@ impl IngestAck {
     }
 }
 
+/// Appends a validated batch to a cluster's replicated log (an ingest node's durability).
+async fn append_to_log(
+    log: &crate::cluster::log::ReplicatedLog,
+    table: &TableRef,
+    validated: Validated,
+    key: Option<&IdempotencyKey>,
+) -> Result<IngestAck, PipelineError> {
+    let appended = log
+        .append(table, validated.schema_version, validated.rows, key)
+        .instrument(tracing::info_span!("log_append", table = %table))
+        .await?;
+    Ok(IngestAck::replicated(&appended))
+}
+
 fn no_ingest_role() -> PipelineError {
     PipelineError::WrongRole("this node has no ingest role: send batches to an ingest node".into())
 }
@@ -223,16 +237,7 @@ impl Node {
         };
         self.take_events(principal, &request, &validated)?;
         if let Some(log) = &self.log {
-            let appended = log
-                .append(
-                    &table,
-                    validated.schema_version,
-                    validated.rows,
-                    key.as_ref(),
-                )
-                .instrument(tracing::info_span!("log_append", table = %table))
-                .await?;
-            return Ok(IngestAck::replicated(&appended));
+            return append_to_log(log, &table, validated, key.as_ref()).await;
         }
         let Some(wal) = &self.wal else {
             return Err(no_ingest_role());
@@ -363,15 +368,7 @@ impl Node {
                 continue;
             }
             if let Some(log) = &self.log {
-                let appended = log
-                    .append(
-                        &table,
-                        validated.schema_version,
-                        validated.rows,
-                        key.as_ref(),
-                    )
-                    .await;
-                answers[i] = Some(appended.map(|a| IngestAck::replicated(&a)));
+                answers[i] = Some(append_to_log(log, &table, validated, key.as_ref()).await);
                 continue;
             }
             appends.push(Append {
