@@ -352,6 +352,9 @@ impl Node {
         };
         let mut appends = Vec::new();
         let mut appended = Vec::new();
+        let span = tracing::info_span!("wal_append", batches = admitted.len());
+        // The flush that lands the group links to its span once, not once per batch.
+        let mut trace = span.in_scope(alluvium_actors::trace::current);
         for ((i, table, key), result) in admitted.into_iter().zip(validated) {
             let (principal, request) = &batches[i];
             let validated = match result {
@@ -378,7 +381,7 @@ impl Node {
                 rows: validated.rows,
                 durability: request.durability,
                 idempotency_key: key,
-                trace: None,
+                trace: trace.take(),
             });
             appended.push((i, request.durability));
         }
@@ -386,7 +389,6 @@ impl Node {
             let results = match &self.wal {
                 None => Err(None),
                 Some(wal) => {
-                    let span = tracing::info_span!("wal_append", batches = appends.len());
                     let sent = wal.send(AppendMany(appends)).instrument(span).await;
                     sent.map_err(Some)
                 }
