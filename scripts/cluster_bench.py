@@ -15,50 +15,21 @@ Needs target/release/alluvium (cargo build --release) and the test virtualenv
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
+from benchproc import cpu_seconds, free_port, metric, wait_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "alluvium")
 VENV = os.path.join(ROOT, ".venv", "bin")
 KEY = "bench-admin-key-0123456789abcdef"
 TABLES = ["bench_a", "bench_b"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port} after {timeout} s")
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def metric(base, name):
-    body = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
-    m = re.search(rf"^{name} (\d+)$", body, re.M)
-    return int(m.group(1)) if m else 0
 
 
 class Node:

@@ -76,6 +76,25 @@ async fn append_to_log(
     Ok(IngestAck::replicated(&appended))
 }
 
+/// The WAL append of a validated batch.
+fn wal_append(
+    table: TableRef,
+    validated: Validated,
+    durability: Durability,
+    key: Option<IdempotencyKey>,
+    trace: Option<alluvium_actors::trace::TraceLink>,
+) -> Append {
+    Append {
+        table,
+        schema: validated.schema,
+        schema_version: validated.schema_version,
+        rows: validated.rows,
+        durability,
+        idempotency_key: key,
+        trace,
+    }
+}
+
 fn no_ingest_role() -> PipelineError {
     PipelineError::WrongRole("this node has no ingest role: send batches to an ingest node".into())
 }
@@ -245,15 +264,13 @@ impl Node {
         let rows = validated.rows.len();
         let span = tracing::info_span!("wal_append", table = %table, rows);
         let durable = wal
-            .send(Append {
+            .send(wal_append(
                 table,
-                schema: validated.schema,
-                schema_version: validated.schema_version,
-                rows: validated.rows,
-                durability: request.durability,
-                idempotency_key: key,
-                trace: span.in_scope(alluvium_actors::trace::current),
-            })
+                validated,
+                request.durability,
+                key,
+                span.in_scope(alluvium_actors::trace::current),
+            ))
             .instrument(span)
             .await??;
         Ok(IngestAck::from_durable(durable, request.durability))
@@ -374,15 +391,13 @@ impl Node {
                 answers[i] = Some(append_to_log(log, &table, validated, key.as_ref()).await);
                 continue;
             }
-            appends.push(Append {
+            appends.push(wal_append(
                 table,
-                schema: validated.schema,
-                schema_version: validated.schema_version,
-                rows: validated.rows,
-                durability: request.durability,
-                idempotency_key: key,
-                trace: trace.take(),
-            });
+                validated,
+                request.durability,
+                key,
+                trace.take(),
+            ));
             appended.push((i, request.durability));
         }
         if !appends.is_empty() {
