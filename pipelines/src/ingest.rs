@@ -10,13 +10,13 @@ use alluvium_actors::compaction::messages::{Compact, CompactionReport};
 use alluvium_actors::ids::{TableName, TableRef, TenantId};
 use alluvium_actors::memtable::messages::FlushTable;
 use alluvium_actors::schema::messages::{
-    CreateTable, Created, GetTable, ListTables, TableInfo, Validate, ValidateMany, Validated,
+    CreateTable, Created, GetTable, ListTables, TableInfo, Validate, Validated,
 };
 use alluvium_actors::schema::translate::BodyFormat;
 use alluvium_actors::schema::{FieldType, TableSchema};
 use alluvium_actors::wal::actor::answer_retry;
 use alluvium_actors::wal::dedupe::{IdempotencyKey, body_hash};
-use alluvium_actors::wal::messages::{Append, AppendMany, Durability, Durable};
+use alluvium_actors::wal::messages::{Append, Durability, Durable};
 use bytes::Bytes;
 use serde::Serialize;
 use tracing::Instrument as _;
@@ -45,7 +45,7 @@ pub struct IngestAck {
 }
 
 impl IngestAck {
-    fn from_durable(d: Durable, durability: Durability) -> IngestAck {
+    pub(crate) fn from_durable(d: Durable, durability: Durability) -> IngestAck {
         IngestAck {
             accepted: (d.last_seq + 1).saturating_sub(d.first_seq) as usize,
             first_seq: d.first_seq,
@@ -63,7 +63,7 @@ impl IngestAck {
 }
 
 /// Appends a validated batch to a cluster's replicated log (an ingest node's durability).
-async fn append_to_log(
+pub(crate) async fn append_to_log(
     log: &crate::cluster::log::ReplicatedLog,
     table: &TableRef,
     validated: Validated,
@@ -77,7 +77,7 @@ async fn append_to_log(
 }
 
 /// The WAL append of a validated batch.
-fn wal_append(
+pub(crate) fn wal_append(
     table: TableRef,
     validated: Validated,
     durability: Durability,
@@ -95,12 +95,12 @@ fn wal_append(
     }
 }
 
-fn no_ingest_role() -> PipelineError {
+pub(crate) fn no_ingest_role() -> PipelineError {
     PipelineError::WrongRole("this node has no ingest role: send batches to an ingest node".into())
 }
 
 /// What [`Node::admit`] decided.
-enum Admitted {
+pub(crate) enum Admitted {
     /// A retry of a stored batch: its first answer.
     Retry(IngestAck),
     /// To validate and append, with its idempotency key.
@@ -280,7 +280,7 @@ impl Node {
     /// (answered at once, before validation, which the schema might not pass any more; the
     /// WAL checks again, atomically, at append time), the memory budget and the byte quota
     /// (counted before the batch costs anything; events once they are known).
-    fn admit(
+    pub(crate) fn admit(
         &self,
         principal: &Principal,
         request: &IngestRequest,
@@ -305,7 +305,7 @@ impl Node {
     }
 
     /// Charges a validated batch's events to the quota; a refused batch costs nothing.
-    fn take_events(
+    pub(crate) fn take_events(
         &self,
         principal: &Principal,
         request: &IngestRequest,
@@ -319,120 +319,6 @@ impl Node {
                 .give_back(principal, Limit::Bytes, request.body.len() as u64);
         }
         taken
-    }
-
-    /// Ingests several batches (small NATS messages arriving together) as [`Node::ingest_batch`]
-    /// would one by one, each with its own principal, checks, idempotency key, atomicity and
-    /// answer (in the same order), but with one trip to the schema registry and one to the
-    /// WAL for the whole group, so they share a commit group. A cluster's ingest node appends
-    /// them to the replicated log one by one.
-    pub async fn ingest_group(
-        &self,
-        batches: Vec<(Principal, IngestRequest)>,
-    ) -> Vec<Result<IngestAck, PipelineError>> {
-        let mut answers: Vec<Option<Result<IngestAck, PipelineError>>> = Vec::new();
-        let mut admitted = Vec::new();
-        let mut checks = Vec::new();
-        for (i, (principal, request)) in batches.iter().enumerate() {
-            answers.push(match self.admit(principal, request) {
-                Ok(Admitted::Retry(ack)) => Some(Ok(ack)),
-                Ok(Admitted::Go(table, key)) => {
-                    checks.push(Validate {
-                        table: table.clone(),
-                        body: request.body.clone(),
-                        format: request.format,
-                    });
-                    admitted.push((i, table, key));
-                    None
-                }
-                Err(e) => Some(Err(e)),
-            });
-        }
-        let validated = if checks.is_empty() {
-            Vec::new()
-        } else {
-            let span = tracing::info_span!("schema_validate", batches = checks.len());
-            match self
-                .schema
-                .send(ValidateMany(checks))
-                .instrument(span)
-                .await
-            {
-                Ok(v) => v,
-                Err(e) => {
-                    return answers
-                        .into_iter()
-                        .map(|a| a.unwrap_or_else(|| Err(e.into())))
-                        .collect();
-                }
-            }
-        };
-        let mut appends = Vec::new();
-        let mut appended = Vec::new();
-        let span = tracing::info_span!("wal_append", batches = admitted.len());
-        // The flush that lands the group links to its span once, not once per batch.
-        let mut trace = span.in_scope(alluvium_actors::trace::current);
-        for ((i, table, key), result) in admitted.into_iter().zip(validated) {
-            let (principal, request) = &batches[i];
-            let validated = match result {
-                Ok(v) => v,
-                Err(e) => {
-                    let e = PipelineError::Schema(e);
-                    self.reject(&table, request, &e);
-                    answers[i] = Some(Err(e));
-                    continue;
-                }
-            };
-            if let Err(e) = self.take_events(principal, request, &validated) {
-                answers[i] = Some(Err(e));
-                continue;
-            }
-            if let Some(log) = &self.log {
-                answers[i] = Some(append_to_log(log, &table, validated, key.as_ref()).await);
-                continue;
-            }
-            appends.push(wal_append(
-                table,
-                validated,
-                request.durability,
-                key,
-                trace.take(),
-            ));
-            appended.push((i, request.durability));
-        }
-        if !appends.is_empty() {
-            let results = match &self.wal {
-                None => Err(None),
-                Some(wal) => {
-                    let sent = wal.send(AppendMany(appends)).instrument(span).await;
-                    sent.map_err(Some)
-                }
-            };
-            match results {
-                Ok(results) => {
-                    for ((i, durability), r) in appended.into_iter().zip(results) {
-                        answers[i] = Some(
-                            r.map(|d| IngestAck::from_durable(d, durability))
-                                .map_err(PipelineError::from),
-                        );
-                    }
-                }
-                Err(e) => {
-                    for (i, _) in appended {
-                        answers[i] = Some(Err(match e {
-                            Some(e) => e.into(),
-                            None => no_ingest_role(),
-                        }));
-                    }
-                }
-            }
-        }
-        answers
-            .into_iter()
-            // Every batch was answered above; a shorter answer from a component counts as
-            // that component gone.
-            .map(|a| a.unwrap_or_else(|| Err(actix::MailboxError::Closed.into())))
-            .collect()
     }
 
     /// Deletes a key of an upsert table (`ingest` scope): appends a tombstone, which hides every

@@ -21,6 +21,7 @@ pub mod error;
 pub mod filter;
 pub mod indexes;
 pub mod ingest;
+mod ingest_group;
 pub mod link;
 pub mod lookup;
 pub mod notification;

@@ -95,10 +95,10 @@ impl NatsLink {
                 alluvium_nats::jetstream::ingest_stream(&subjects, &config.streams),
             )
             .await?;
-            let consumer = crate::sources::nats::jetstream_consumer(&js, &ingest)
+            let consumer = crate::sources::jetstream::jetstream_consumer(&js, &ingest)
                 .await
                 .map_err(|e| NatsError::JetStream(e.0))?;
-            ingest_task = Some(actix::spawn(crate::sources::nats::serve_jetstream(
+            ingest_task = Some(actix::spawn(crate::sources::jetstream::serve_jetstream(
                 js.clone(),
                 consumer,
                 node.clone(),
