@@ -9,22 +9,25 @@
 pub mod actor;
 pub mod gc;
 pub mod messages;
+#[cfg(test)]
+mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, btree_map};
 
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate};
+use crossbeam_skiplist::map::Entry;
 use object_store::path::Path as ObjectPath;
 
 use crate::catalog::{DataFile, IndexRef};
 use crate::ids::TableRef;
 use crate::memtable::Memtable;
-use crate::memtable::table::sort_columns;
+use crate::memtable::table::{MemKey, MemRow, sort_columns};
 use crate::row::Value;
-use crate::schema::arrow::{RowRef, rows_to_batch};
+use crate::schema::arrow::{RowRef, arrow_schema, rows_to_batch};
 use crate::schema::{PartitionBy, TableSchema};
 use crate::storage::index::sidecar_path;
-use crate::storage::parquet::{FileOptions, FileWriter, Finished};
+use crate::storage::parquet::{FileOptions, FileWriter, Finished, ROW_GROUP_ROWS};
 use crate::storage::{Storage, StorageError};
 
 pub use actor::FlushActor;
@@ -142,8 +145,62 @@ fn time_value(v: &Value) -> Option<i64> {
     }
 }
 
+/// One partition's file while a flush streams the memtable into it: rows wait in `pending`
+/// (borrowed skiplist entries, nothing copied) until a row group is full, then become one Arrow
+/// batch, are encoded and dropped. At most one row group per partition is ever decoded into
+/// Arrow columns, so a flush needs little memory beyond the memtable it reads.
+struct PartitionFile<'m> {
+    writer: FileWriter,
+    pending: Vec<Entry<'m, MemKey, MemRow>>,
+    rows: u64,
+    seqs: (u64, u64),
+    times: Option<(i64, i64)>,
+    /// Sort keys of the first and last rows (rows arrive in key order).
+    keys: (Vec<u8>, Vec<u8>),
+}
+
+impl<'m> PartitionFile<'m> {
+    fn push(&mut self, entry: Entry<'m, MemKey, MemRow>, time: Option<i64>) {
+        let seq = entry.key().seq;
+        if self.rows == 0 {
+            self.seqs = (seq, seq);
+            self.keys.0 = entry.key().sort.clone();
+        }
+        self.seqs = (self.seqs.0.min(seq), self.seqs.1.max(seq));
+        if let Some(t) = time {
+            self.times = Some(self.times.map_or((t, t), |(lo, hi)| (lo.min(t), hi.max(t))));
+        }
+        self.rows += 1;
+        self.pending.push(entry);
+    }
+
+    /// Encodes the pending rows as the next row group.
+    fn write_pending(&mut self, schema: &TableSchema) -> Result<(), FlushError> {
+        let Some(last) = self.pending.last() else {
+            return Ok(());
+        };
+        self.keys.1.clone_from(&last.key().sort);
+        let rows: Vec<RowRef<'_>> = self
+            .pending
+            .iter()
+            .map(|e| RowRef {
+                seq: e.key().seq,
+                ingested_at_us: e.value().ingested_at_us,
+                row: &e.value().row,
+            })
+            .collect();
+        let batch = rows_to_batch(schema, &rows).map_err(|e| FlushError::Encode(e.to_string()))?;
+        drop(rows);
+        self.pending.clear();
+        self.writer
+            .write(&batch)
+            .map_err(|e| FlushError::Encode(e.to_string()))
+    }
+}
+
 /// Encodes a memtable's rows as one Parquet file per partition (with its index sidecar); the
-/// caller writes them, then commits the entries.
+/// caller writes them, then commits the entries. The memtable is read once, in key order, and
+/// encoded a row group at a time.
 pub fn build_files(table: &TableRef, memtable: &Memtable) -> Result<Vec<EncodedFile>, FlushError> {
     let schema = memtable.schema();
     let time_idx = schema
@@ -151,81 +208,72 @@ pub fn build_files(table: &TableRef, memtable: &Memtable) -> Result<Vec<EncodedF
         .as_deref()
         .and_then(|c| schema.index_of(c));
     let partitioned = schema.partition_by != PartitionBy::None;
-    let mut parts: BTreeMap<String, Vec<RowRef<'_>>> = BTreeMap::new();
-    // Per partition: the sort keys of its first and last rows (the key range for upsert tables).
-    let mut key_ranges: BTreeMap<String, (&[u8], &[u8])> = BTreeMap::new();
-    // Rows borrow from the skiplist entries held here, so nothing is copied before encoding.
-    let entries: Vec<_> = memtable.iter().collect();
-    for entry in &entries {
-        let (seq, r) = (&entry.key().seq, entry.value());
+    let mut sorted_by = sort_columns(schema);
+    sorted_by.push(schema.fields.len()); // then _seq
+    let options = FileOptions {
+        table: table.to_string(),
+        schema_version: memtable.schema_version(),
+        seq_range: (0, 0),
+        sorted_by,
+        bloom_columns: schema.primary_key.clone(),
+        zstd_level: 3,
+        index_columns: schema.indexes.clone(),
+    };
+    let arrow = arrow_schema(schema);
+    let encode_err = |e: StorageError| FlushError::Encode(e.to_string());
+
+    let mut parts: BTreeMap<String, PartitionFile<'_>> = BTreeMap::new();
+    for entry in memtable.iter() {
+        let time = time_idx.and_then(|i| entry.value().row.values.get(i));
         let part = if partitioned {
-            partition_name(schema, time_idx.and_then(|i| r.row.values.get(i)))
+            partition_name(schema, time)
         } else {
             "all".into()
         };
-        let sort = entry.key().sort.as_slice();
-        key_ranges
-            .entry(part.clone())
-            .and_modify(|r| r.1 = sort)
-            .or_insert((sort, sort));
-        parts.entry(part).or_default().push(RowRef {
-            seq: *seq,
-            ingested_at_us: r.ingested_at_us,
-            row: &r.row,
-        });
+        let time = time.and_then(time_value);
+        let file = match parts.entry(part) {
+            btree_map::Entry::Occupied(o) => o.into_mut(),
+            btree_map::Entry::Vacant(v) => v.insert(PartitionFile {
+                writer: FileWriter::new(arrow.clone(), &options).map_err(encode_err)?,
+                pending: Vec::new(),
+                rows: 0,
+                seqs: (0, 0),
+                times: None,
+                keys: (Vec::new(), Vec::new()),
+            }),
+        };
+        file.push(entry, time);
+        if file.pending.len() >= ROW_GROUP_ROWS {
+            file.write_pending(schema)?;
+        }
     }
 
-    let mut sorted_by = sort_columns(schema);
-    sorted_by.push(schema.fields.len()); // then _seq
-    let bloom_columns = schema.primary_key.clone();
     let mut out = Vec::with_capacity(parts.len());
-    for (partition, rows) in parts {
-        let min_seq = rows.iter().map(|r| r.seq).min().unwrap_or(0);
-        let max_seq = rows.iter().map(|r| r.seq).max().unwrap_or(0);
-        let times = || {
-            rows.iter().filter_map(|r| {
-                time_idx
-                    .and_then(|i| r.row.values.get(i))
-                    .and_then(time_value)
-            })
-        };
-        let batch = rows_to_batch(schema, &rows).map_err(|e| FlushError::Encode(e.to_string()))?;
-        let encode_err = |e: StorageError| FlushError::Encode(e.to_string());
-        let mut writer = FileWriter::new(
-            batch.schema(),
-            &FileOptions {
-                table: table.to_string(),
-                schema_version: memtable.schema_version(),
-                seq_range: (min_seq, max_seq),
-                sorted_by: sorted_by.clone(),
-                bloom_columns: bloom_columns.clone(),
-                zstd_level: 3,
-                index_columns: schema.indexes.clone(),
-            },
-        )
-        .map_err(encode_err)?;
-        writer.write(&batch).map_err(encode_err)?;
-        let finished = writer.finish((min_seq, max_seq)).map_err(encode_err)?;
+    for (partition, mut file) in parts {
+        file.write_pending(schema)?;
+        let (min_seq, max_seq) = file.seqs;
+        let finished = file.writer.finish(file.seqs).map_err(encode_err)?;
         let path = format!(
             "{}/data/{partition}/{min_seq:020}-{max_seq:020}-{}.parquet",
             table.path_prefix(),
             uuid::Uuid::new_v4().simple()
         );
-        let (min_key, max_key) = match key_ranges.get(&partition) {
-            Some((lo, hi)) if !schema.primary_key.is_empty() => (Some(hex(lo)), Some(hex(hi))),
-            _ => (None, None),
+        let (min_key, max_key) = if schema.primary_key.is_empty() {
+            (None, None)
+        } else {
+            (Some(hex(&file.keys.0)), Some(hex(&file.keys.1)))
         };
         out.push(EncodedFile::new(
             DataFile {
                 path,
                 partition,
                 size_bytes: 0,
-                rows: rows.len() as u64,
+                rows: file.rows,
                 min_seq,
                 max_seq,
                 schema_version: memtable.schema_version(),
-                min_time: times().min(),
-                max_time: times().max(),
+                min_time: file.times.map(|t| t.0),
+                max_time: file.times.map(|t| t.1),
                 min_key,
                 max_key,
                 index: None,
