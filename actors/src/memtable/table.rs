@@ -13,7 +13,7 @@ use crossbeam_skiplist::SkipMap;
 
 use super::keys::encode_key_value;
 use crate::ids::Seq;
-use crate::row::Row;
+use crate::row::{Row, aligned_allocation_size, allocation_size};
 use crate::schema::TableSchema;
 
 /// Skiplist key: sort key bytes, then sequence.
@@ -50,6 +50,21 @@ pub fn sort_columns(schema: &TableSchema) -> Vec<usize> {
             .collect()
     }
 }
+
+/// The expected block size of a skiplist node, which holds the key and row inline, a reference
+/// count and height, and a tower of `h` pointers, where `h` is 1 with probability 1/2, 2 with
+/// 1/4, and so on.
+const NODE_BYTES: usize = {
+    const WORD: usize = std::mem::size_of::<usize>();
+    let base = std::mem::size_of::<MemKey>() + std::mem::size_of::<MemRow>() + WORD;
+    // Sum of P(h) * size(h) for h = 1..=20, in units of 2^-20.
+    let (mut h, mut sum) = (1, 0);
+    while h <= 20 {
+        sum += aligned_allocation_size(base + h * WORD) << (20 - h);
+        h += 1;
+    }
+    sum >> 20
+};
 
 /// The rows of one table received since the last freeze.
 #[derive(Debug)]
@@ -120,7 +135,7 @@ impl Memtable {
                 encode_key_value(v, &mut sort);
             }
         }
-        let size = row.approx_size() + sort.len() + 64;
+        let size = NODE_BYTES + allocation_size(sort.capacity()) + row.heap_size();
         self.rows.insert(
             MemKey { sort, seq },
             MemRow {
