@@ -17,7 +17,7 @@ bench process to when alluvium_nats_ingest_events_total reaches every event (`in
 bench http, read-back excluded) and to the end of the bench process (`total`, read-back
 included); GB is events x EVENT_BYTES (src/bench/events.rs). Prints a Markdown table with the
 ratios against their targets; exits non-zero if a verification or a subprocess failed.
---perf DIR profiles the server during phases 1 and 2 (perf record, then perf report to
+--perf DIR profiles the server during phases 1, 2 and 4 (perf record, then perf report to
 DIR/<phase>.txt); --out FILE writes every figure as JSON.
 
     .venv/bin/python scripts/ingest_bench.py
@@ -103,7 +103,7 @@ class Bench:
     def run(self, name, cmd, pid):
         """Runs a bench command, profiled with perf when asked; returns its JSON report."""
         prof = None
-        if self.args.perf and name in ("http_max", "nats_core"):
+        if self.args.perf and name in ("http_max", "nats_core", "nats_jetstream"):
             os.makedirs(self.args.perf, exist_ok=True)
             data = os.path.join(self.args.perf, f"{name}.data")
             prof = subprocess.Popen([PERF, "record", "-e", "cpu-clock", "-F", "999", "-g",
@@ -237,7 +237,7 @@ def main():
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--rss", action="store_true", help="also measure peak RSS, memtable budget full")
     ap.add_argument("--rss-events", type=int, default=12_000_000)
-    ap.add_argument("--perf", metavar="DIR", help="perf profiles of HTTP max and NATS core")
+    ap.add_argument("--perf", metavar="DIR", help="perf profiles of HTTP max, NATS core and JetStream")
     ap.add_argument("--out", metavar="FILE", help="write every result as JSON")
     args = ap.parse_args()
     for path, hint in [(BIN, "cargo build --release"), (NATS, "./scripts/test.sh")]:
